@@ -1,1 +1,13 @@
-fn main() {}
+use clap::Parser;
+use peregrine::cli::{Cli, Command};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    peregrine::telemetry::init(cli.log_format);
+    match cli.command {
+        Command::Crd(args) => peregrine::cli::print_crds(&args)?,
+        Command::Run(args) => peregrine::operator::run(args).await?,
+    }
+    Ok(())
+}

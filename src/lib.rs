@@ -1,0 +1,14 @@
+//! Peregrine: Falco alerts in, analysed `AlertReport`s and declared responses out.
+//!
+//! `main.rs` only parses the command line; everything it runs lives here.
+
+pub mod cli;
+pub mod crd;
+pub mod health;
+pub mod install_check;
+pub mod operator;
+pub mod shutdown;
+pub mod telemetry;
+
+/// The field manager of every server-side apply Peregrine makes.
+pub const FIELD_MANAGER: &str = "peregrine";
