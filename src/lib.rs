@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod crd;
+pub mod falco;
 pub mod health;
 pub mod install_check;
 pub mod operator;

@@ -1,0 +1,12 @@
+//! The alert as Falco (or Falcosidekick) sends it: parsing and reading, no IO.
+//!
+//! Everything in an alert is attacker-influenced: values are read from
+//! `output_fields`, never recovered from the `output` text.
+
+mod alert;
+mod fields;
+mod subject;
+
+pub use alert::{Alert, ParseError, parse};
+pub use fields::{is_missing, value_text};
+pub use subject::subject_of;
