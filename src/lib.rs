@@ -2,11 +2,13 @@
 //!
 //! `main.rs` only parses the command line; everything it runs lives here.
 
+pub mod analysis;
 pub mod cli;
 pub mod crd;
 pub mod falco;
 pub mod health;
 pub mod install_check;
+pub mod knowledge;
 pub mod operator;
 pub mod shutdown;
 pub mod telemetry;

@@ -9,4 +9,4 @@ mod subject;
 
 pub use alert::{Alert, ParseError, parse};
 pub use fields::{is_missing, value_text};
-pub use subject::subject_of;
+pub use subject::{is_dns_label, subject_of};

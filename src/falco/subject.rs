@@ -87,3 +87,8 @@ pub(crate) fn is_dns_subdomain(s: &str) -> bool {
                 && !label.ends_with('-')
         })
 }
+
+/// RFC 1123 label: what most Kubernetes object names must be.
+pub fn is_dns_label(s: &str) -> bool {
+    s.len() <= 63 && !s.contains('.') && is_dns_subdomain(s)
+}
