@@ -94,22 +94,39 @@ pub fn placeholders(template: &str) -> Vec<&str> {
 }
 
 /// True when a placeholder of the template stands inside shell quotes, where
-/// quoting its value would not protect it.
+/// quoting its value would not protect it. A command substitution `"$(...)"`
+/// starts a fresh quoting context, as it does in the shell.
 pub fn placeholder_inside_quotes(template: &str) -> bool {
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in template.chars() {
-        if escaped {
-            escaped = false;
-            continue;
-        }
-        match (quote, c) {
-            (Some('"'), '\\') | (None, '\\') => escaped = true,
-            (None, '\'' | '"') => quote = Some(c),
-            (Some(q), c) if c == q => quote = None,
-            (Some(_), '{') => return true,
+    #[derive(Clone, Copy, PartialEq)]
+    enum Ctx {
+        Plain,
+        Single,
+        Double,
+    }
+    let mut stack = vec![Ctx::Plain];
+    let chars: Vec<char> = template.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let top = *stack.last().unwrap_or(&Ctx::Plain);
+        match (top, c) {
+            (Ctx::Plain | Ctx::Double, '\\') => i += 1,
+            (Ctx::Plain | Ctx::Double, '$') if chars.get(i + 1) == Some(&'(') => {
+                stack.push(Ctx::Plain);
+                i += 1;
+            }
+            (Ctx::Plain, ')') if stack.len() > 1 => {
+                stack.pop();
+            }
+            (Ctx::Plain, '\'') => stack.push(Ctx::Single),
+            (Ctx::Plain, '"') => stack.push(Ctx::Double),
+            (Ctx::Single, '\'') | (Ctx::Double, '"') => {
+                stack.pop();
+            }
+            (Ctx::Single | Ctx::Double, '{') => return true,
             _ => {}
         }
+        i += 1;
     }
     false
 }

@@ -6,7 +6,9 @@
 mod mitre;
 mod model;
 
-pub use mitre::{KILL_CHAIN, Mitre, TacticInfo, TaggedMitre, TechniqueInfo, parse_tags};
+pub use mitre::{
+    KILL_CHAIN, Mitre, TacticInfo, TaggedMitre, TechniqueInfo, parse_tags, technique_id,
+};
 pub use model::*;
 
 use std::collections::HashMap;
