@@ -27,3 +27,67 @@ test: controlplane-build lint
 ## demo: the main job on the embedded default
 demo: controlplane-build
 	./scripts/demo.sh
+
+# ---------------------------------------------------------------------------
+# Local Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager)
+# used by the integration tests; see tests/controlplane/ and testenv/.
+#
+#   make controlplane-build   build the pinned binaries (cached, see build.sh)
+#   make controlplane         start it in the background; prints the kubeconfig path last
+#   make controlplane-down    stop it
+# ---------------------------------------------------------------------------
+CONTROLPLANE_DIR     := target/controlplane
+CONTROLPLANE_PID     := $(CONTROLPLANE_DIR)/testenv.pid
+CONTROLPLANE_LOG     := $(CONTROLPLANE_DIR)/testenv.log
+CONTROLPLANE_TIMEOUT ?= 120
+CARGO_TARGET_DIR     ?= target
+TESTENV_BIN          := $(CARGO_TARGET_DIR)/debug/testenv
+
+
+
+controlplane-build:
+	@tests/controlplane/build.sh
+
+controlplane: controlplane-build
+	@$(CARGO) build --quiet -p peregrine-testenv --bin testenv
+	@mkdir -p $(CONTROLPLANE_DIR)
+	@if [[ -f $(CONTROLPLANE_PID) ]] && kill -0 "$$(cat $(CONTROLPLANE_PID))" 2>/dev/null \
+	    && [[ -f $(CONTROLPLANE_DIR)/kubeconfig ]]; then \
+	  echo "control plane already running (pid $$(cat $(CONTROLPLANE_PID)))"; \
+	else \
+	  rm -f $(CONTROLPLANE_PID) $(CONTROLPLANE_DIR)/kubeconfig; \
+	  setsid $(TESTENV_BIN) up --dir $(CONTROLPLANE_DIR) --timeout $(CONTROLPLANE_TIMEOUT) \
+	    </dev/null >$(CONTROLPLANE_LOG) 2>&1 & \
+	  echo $$! >$(CONTROLPLANE_PID); \
+	  pid=$$(cat $(CONTROLPLANE_PID)); \
+	  echo "starting the control plane (pid $$pid, log $(CONTROLPLANE_LOG))"; \
+	  deadline=$$((SECONDS + 3 * $(CONTROLPLANE_TIMEOUT))); \
+	  until [[ -f $(CONTROLPLANE_DIR)/kubeconfig ]]; do \
+	    if ! kill -0 $$pid 2>/dev/null; then \
+	      echo "the control plane exited during start-up:" >&2; tail -n 40 $(CONTROLPLANE_LOG) >&2; \
+	      rm -f $(CONTROLPLANE_PID); exit 1; \
+	    fi; \
+	    if (( SECONDS > deadline )); then \
+	      echo "the control plane is not ready; stopping it. Its log:" >&2; tail -n 40 $(CONTROLPLANE_LOG) >&2; \
+	      kill $$pid; rm -f $(CONTROLPLANE_PID); exit 1; \
+	    fi; \
+	    sleep 0.1; \
+	  done; \
+	  head -n 1 $(CONTROLPLANE_LOG); \
+	fi
+	@echo $(CONTROLPLANE_DIR)/kubeconfig
+
+controlplane-down:
+	@if [[ -f $(CONTROLPLANE_PID) ]]; then \
+	  pid=$$(cat $(CONTROLPLANE_PID)); \
+	  if kill -TERM $$pid 2>/dev/null; then \
+	    for _ in $$(seq 300); do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+	    if kill -0 $$pid 2>/dev/null; then echo "still running after 30 s: SIGKILL" >&2; kill -KILL $$pid; fi; \
+	    echo "control plane stopped (pid $$pid)"; \
+	  else \
+	    echo "control plane was not running"; \
+	  fi; \
+	  rm -f $(CONTROLPLANE_PID) $(CONTROLPLANE_DIR)/kubeconfig; \
+	else \
+	  echo "control plane is not running (no $(CONTROLPLANE_PID))"; \
+	fi
