@@ -24,13 +24,13 @@
 
 mod controlplane;
 mod error;
-mod helpers;
+mod fixtures;
 mod pki;
 mod process;
 
 pub use controlplane::{BIN_ENV, ControlPlane, FIELD_MANAGER, KEEP_ENV, Options, repo_root};
 pub use error::{Error, Result};
-pub use helpers::{
+pub use fixtures::{
     TestNamespace, bind_pod, create_node, mark_pod_running, poll_for, poll_until, random_hex64,
     unique_name,
 };

@@ -1,4 +1,4 @@
-//! Helpers for tests: unique namespaces, and doing by hand what a kubelet and
+//! Test fixtures: unique namespaces, and doing by hand what a kubelet and
 //! a scheduler would do (there is neither in the test control plane).
 
 use std::hash::{BuildHasher, Hasher};
