@@ -48,8 +48,13 @@ TESTENV_BIN          := $(CARGO_TARGET_DIR)/debug/testenv
 controlplane-build:
 	@tests/controlplane/build.sh
 
-controlplane: controlplane-build
+# Rebuilt only when its sources change, so a warm `make controlplane` does not
+# wait for the cargo lock.
+$(TESTENV_BIN): $(wildcard testenv/src/*.rs) testenv/Cargo.toml
 	@$(CARGO) build --quiet -p peregrine-testenv --bin testenv
+	@touch $@
+
+controlplane: controlplane-build $(TESTENV_BIN)
 	@mkdir -p $(CONTROLPLANE_DIR)
 	@if [[ -f $(CONTROLPLANE_PID) ]] && kill -0 "$$(cat $(CONTROLPLANE_PID))" 2>/dev/null \
 	    && [[ -f $(CONTROLPLANE_DIR)/kubeconfig ]]; then \
