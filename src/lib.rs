@@ -4,12 +4,16 @@
 
 pub mod analysis;
 pub mod cli;
+pub mod cluster;
 pub mod crd;
 pub mod falco;
 pub mod health;
 pub mod install_check;
+pub mod intake;
 pub mod knowledge;
+pub mod metrics;
 pub mod operator;
+pub mod report;
 pub mod shutdown;
 pub mod telemetry;
 

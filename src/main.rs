@@ -7,7 +7,7 @@ async fn main() -> anyhow::Result<()> {
     peregrine::telemetry::init(cli.log_format);
     match cli.command {
         Command::Crd(args) => peregrine::cli::print_crds(&args)?,
-        Command::Run(args) => peregrine::operator::run(args).await?,
+        Command::Run(args) => peregrine::operator::run(*args).await?,
     }
     Ok(())
 }

@@ -1,0 +1,166 @@
+//! What the cluster knows about an alert's pod: its owner workload, node,
+//! service account, labels and security context.
+//!
+//! Read from watch caches (reflectors) filled in the background, never with
+//! a GET per alert: the intake answers Falco before any API call.
+
+mod pod;
+
+pub use pod::{guess_workload, owner_workload, pod_context};
+
+use crate::analysis::PodContext;
+use crate::crd::Subject;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Why the caches could not be filled.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "the {kind} cache did not fill within {secs}s: check that the operator may list and watch {kind} in all namespaces (see its ClusterRole) and that the API server is reachable"
+    )]
+    NotSynced { kind: &'static str, secs: u64 },
+}
+
+/// Read-only views of the pods, ReplicaSets and Jobs of the cluster.
+#[derive(Clone)]
+pub struct ClusterCache {
+    pods: Store<Pod>,
+    replicasets: Store<PartialObjectMeta<ReplicaSet>>,
+    jobs: Store<PartialObjectMeta<Job>>,
+}
+
+impl ClusterCache {
+    /// Starts watching; the watches stop when `shutdown` is cancelled.
+    pub fn start(client: &Client, shutdown: &CancellationToken) -> ClusterCache {
+        let (pods, writer) = reflector::store();
+        let stream = watcher(Api::<Pod>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            // Only the spec, labels and owners are read: keep the cache small.
+            .modify(|pod: &mut Pod| {
+                pod.status = None;
+                pod.metadata.managed_fields = None;
+                pod.metadata.annotations = None;
+            })
+            .reflect(writer);
+        spawn_watch("pods", stream, shutdown.clone());
+
+        let (replicasets, writer) = reflector::store();
+        let stream = watcher(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_metadata)
+        .reflect(writer);
+        spawn_watch("replicasets", stream, shutdown.clone());
+
+        let (jobs, writer) = reflector::store();
+        let stream = watcher(
+            Api::<PartialObjectMeta<Job>>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_metadata)
+        .reflect(writer);
+        spawn_watch("jobs", stream, shutdown.clone());
+
+        ClusterCache {
+            pods,
+            replicasets,
+            jobs,
+        }
+    }
+
+    /// Waits until every cache holds its first full list.
+    pub async fn wait_ready(&self, timeout: Duration) -> Result<(), CacheError> {
+        let not_synced = |kind| CacheError::NotSynced {
+            kind,
+            secs: timeout.as_secs(),
+        };
+        let ready = |r: Result<Result<(), _>, _>, kind| match r {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(not_synced(kind)),
+        };
+        ready(
+            tokio::time::timeout(timeout, self.pods.wait_until_ready()).await,
+            "pods",
+        )?;
+        ready(
+            tokio::time::timeout(timeout, self.replicasets.wait_until_ready()).await,
+            "replicasets",
+        )?;
+        ready(
+            tokio::time::timeout(timeout, self.jobs.wait_until_ready()).await,
+            "jobs",
+        )
+        .map(|_| ())
+    }
+
+    /// The facts about pod `namespace/name`, when it is in the cache.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<PodContext> {
+        let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
+        let replicaset_owner = |name: &str| {
+            self.replicasets
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|rs| rs.metadata.owner_references.clone())
+        };
+        let job_owner = |name: &str| {
+            self.jobs
+                .get(&ObjectRef::new(name).within(namespace))
+                .and_then(|job| job.metadata.owner_references.clone())
+        };
+        let workload = owner_workload(&pod.metadata, replicaset_owner, job_owner);
+        Some(pod_context(&pod, workload))
+    }
+
+    /// Adds what the cluster knows to `subject`; returns the pod's facts, when found.
+    pub fn enrich(&self, subject: &mut Subject) -> Option<PodContext> {
+        let (Some(namespace), Some(pod)) = (&subject.namespace, &subject.pod) else {
+            return None;
+        };
+        let context = self.pod(namespace, pod)?;
+        subject.workload = context.workload.clone();
+        if let Some(node) = &context.node {
+            subject.node = Some(node.clone());
+        }
+        Some(context)
+    }
+}
+
+fn strip_metadata<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.annotations = None;
+    meta.labels = None;
+}
+
+fn spawn_watch<S, K>(kind: &'static str, stream: S, shutdown: CancellationToken)
+where
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
+    K: Send + 'static,
+{
+    tokio::spawn(async move {
+        let span = tracing::info_span!("watch", kind);
+        let mut stream = std::pin::pin!(stream);
+        let run = async {
+            while let Some(event) = stream.next().await {
+                if let Err(error) = event {
+                    tracing::warn!(parent: &span, %error, "watch failed; retrying with backoff");
+                }
+            }
+        };
+        tokio::select! {
+            () = run => {}
+            () = shutdown.cancelled() => {}
+        }
+    });
+}

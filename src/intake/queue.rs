@@ -1,0 +1,269 @@
+//! The bounded queue between the intake and the report writer.
+//!
+//! It holds incidents, not alerts: a repeat of an incident already waiting
+//! only raises its count, so a flood of one noisy rule costs one entry. When
+//! `capacity` distinct incidents wait, a new one displaces the least severe
+//! waiting incident if it is more severe, and is refused otherwise. Incidents
+//! a remediation policy would act on are never displaced: they may take the
+//! queue up to twice its capacity. Every alert not counted is counted as dropped.
+
+use crate::crd::Priority;
+use crate::falco::Alert;
+use crate::metrics::Metrics;
+use crate::report::aggregate::Bounds;
+use crate::report::{Arrival, Pending, ReportKey};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::time::Instant;
+
+/// Decides whether an alert must never be shed. The remediation part
+/// provides one that asks its policies; the default protects priority
+/// Critical and above.
+pub type Protect = Arc<dyn Fn(&Alert) -> bool + Send + Sync>;
+
+/// The default [`Protect`]: Critical, Alert and Emergency are never shed.
+pub fn protect_critical() -> Protect {
+    Arc::new(|alert: &Alert| alert.priority.at_least(Priority::Critical))
+}
+
+/// Why an alert was not accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Refused {
+    #[error(
+        "the queue is full of incidents at least as severe ({waiting} waiting): the alert was dropped. The API server may be slow or down; see the operator's log"
+    )]
+    Full { waiting: usize },
+}
+
+/// What happened to an offered alert.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Accepted {
+    /// Added to an incident already waiting.
+    Merged,
+    /// A new incident in the queue.
+    Queued,
+    /// A new incident that displaced a less severe one.
+    Displaced { dropped: u64 },
+}
+
+pub struct Queue {
+    state: Mutex<HashMap<ReportKey, Pending>>,
+    capacity: usize,
+    bounds: Bounds,
+    protect: Protect,
+    metrics: Metrics,
+}
+
+impl Queue {
+    pub fn new(capacity: usize, bounds: Bounds, protect: Protect, metrics: Metrics) -> Queue {
+        Queue {
+            state: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+            bounds,
+            protect,
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<ReportKey, Pending>> {
+        // Every mutation below leaves the map consistent, even on panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Offers one alert. Never blocks and never calls the API server.
+    pub fn offer(&self, arrival: Arrival) -> Result<Accepted, Refused> {
+        let protected = (self.protect)(&arrival.alert);
+        let priority = arrival.alert.priority;
+        let mut state = self.lock();
+        if let Some(waiting) = state.get_mut(&arrival.key) {
+            waiting.merge(Pending::new(arrival, protected, &self.bounds), &self.bounds);
+            self.metrics.alerts_accepted_inc(priority);
+            return Ok(Accepted::Merged);
+        }
+        let mut result = Accepted::Queued;
+        if state.len() >= self.capacity {
+            // The least severe waiting incident that may be shed.
+            let victim = state
+                .values()
+                .filter(|p| !p.protected)
+                .max_by_key(|p| (p.priority(), std::cmp::Reverse(p.delta.last_seen)))
+                .map(|p| (p.key.clone(), p.priority()));
+            match victim {
+                Some((key, victim_priority)) if victim_priority > priority => {
+                    if let Some(evicted) = state.remove(&key) {
+                        tracing::warn!(report = %key, alerts = evicted.delta.count, "queue full: shed a less severe incident");
+                        self.metrics.drop(
+                            "shed_for_higher_priority",
+                            victim_priority,
+                            evicted.delta.count,
+                        );
+                        result = Accepted::Displaced {
+                            dropped: evicted.delta.count,
+                        };
+                    }
+                }
+                _ if protected && state.len() < self.capacity.saturating_mul(2) => {}
+                _ => {
+                    self.metrics.drop("queue_full", priority, 1);
+                    return Err(Refused::Full {
+                        waiting: state.len(),
+                    });
+                }
+            }
+        }
+        let key = arrival.key.clone();
+        state.insert(key, Pending::new(arrival, protected, &self.bounds));
+        self.metrics.alerts_accepted_inc(priority);
+        self.metrics.queue_incidents.set(state.len() as i64);
+        Ok(result)
+    }
+
+    /// Takes every incident due for a write (all of them when `ignore_backoff`).
+    pub fn take_due(&self, now: Instant, ignore_backoff: bool) -> Vec<Pending> {
+        let mut state = self.lock();
+        let due: Vec<ReportKey> = state
+            .values()
+            .filter(|p| ignore_backoff || p.not_before.is_none_or(|t| t <= now))
+            .map(|p| p.key.clone())
+            .collect();
+        let taken = due.iter().filter_map(|k| state.remove(k)).collect();
+        self.metrics.queue_incidents.set(state.len() as i64);
+        taken
+    }
+
+    /// Puts back an incident whose write failed; alerts that arrived for it
+    /// meanwhile join it. Accepted alerts are never refused here.
+    pub fn put_back(&self, mut pending: Pending) {
+        let mut state = self.lock();
+        if let Some(newer) = state.remove(&pending.key) {
+            pending.merge(newer, &self.bounds);
+        }
+        state.insert(pending.key.clone(), pending);
+        self.metrics.queue_incidents.set(state.len() as i64);
+    }
+
+    /// Incidents waiting.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Alerts waiting, over all incidents.
+    pub fn alerts(&self) -> u64 {
+        self.lock().values().map(|p| p.delta.count).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::Subject;
+
+    fn arrival(rule: &str, priority: &str, pod: &str) -> Arrival {
+        let alert = crate::falco::parse(
+            serde_json::json!({
+                "rule": rule, "priority": priority, "output": "x",
+                "output_fields": {"k8s.ns.name": "shop", "k8s.pod.name": pod}
+            })
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let subject: Subject = crate::falco::subject_of(&alert);
+        Arrival::new(
+            alert,
+            subject,
+            None,
+            "peregrine-system",
+            jiff::Timestamp::now(),
+            &Bounds::default(),
+        )
+    }
+
+    fn queue(capacity: usize) -> (Queue, Metrics) {
+        let metrics = Metrics::new();
+        let q = Queue::new(
+            capacity,
+            Bounds::default(),
+            protect_critical(),
+            metrics.clone(),
+        );
+        (q, metrics)
+    }
+
+    #[test]
+    fn repeats_of_one_incident_take_one_place() {
+        let (q, _) = queue(2);
+        for _ in 0..1000 {
+            q.offer(arrival("Shell", "Notice", "web-7d9f8b6c5d-x2k4q"))
+                .unwrap();
+        }
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.alerts(), 1000);
+    }
+
+    #[test]
+    fn a_full_queue_sheds_the_least_severe_incident_for_a_more_severe_one() {
+        let (q, metrics) = queue(2);
+        q.offer(arrival("A", "Debug", "a")).unwrap();
+        q.offer(arrival("A", "Debug", "a")).unwrap();
+        q.offer(arrival("B", "Warning", "b")).unwrap();
+        assert_eq!(
+            q.offer(arrival("C", "Error", "c")),
+            Ok(Accepted::Displaced { dropped: 2 })
+        );
+        assert_eq!(
+            q.offer(arrival("D", "Notice", "d")),
+            Err(Refused::Full { waiting: 2 }),
+            "nothing less severe than Notice waits"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(
+                r#"peregrine_alerts_dropped_total{reason="shed_for_higher_priority",priority="Debug"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"peregrine_alerts_dropped_total{reason="queue_full",priority="Notice"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn protected_alerts_are_never_shed_and_always_admitted_within_twice_the_capacity() {
+        let (q, _) = queue(1);
+        q.offer(arrival("A", "Critical", "a")).unwrap();
+        // Emergency cannot displace a protected Critical incident, but is admitted.
+        assert_eq!(
+            q.offer(arrival("B", "Emergency", "b")),
+            Ok(Accepted::Queued)
+        );
+        assert!(q.offer(arrival("C", "Alert", "c")).is_err());
+        let keys: Vec<String> = q
+            .take_due(Instant::now(), true)
+            .into_iter()
+            .map(|p| p.first.alert.rule)
+            .collect();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.contains(&"A".to_string()) && keys.contains(&"B".to_string()));
+    }
+
+    #[test]
+    fn a_failed_write_rejoins_the_alerts_that_came_meanwhile() {
+        let (q, _) = queue(4);
+        q.offer(arrival("A", "Notice", "a")).unwrap();
+        let taken = q.take_due(Instant::now(), false);
+        q.offer(arrival("A", "Notice", "a")).unwrap();
+        for p in taken {
+            q.put_back(p);
+        }
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.alerts(), 2);
+    }
+}

@@ -1,0 +1,132 @@
+//! AlertReports: which incident an alert belongs to (fingerprint), how its
+//! alerts add up (aggregation), how the report object looks (build), how it
+//! is written with few API calls (writer), and when it goes away (retention).
+
+pub mod aggregate;
+pub mod build;
+pub mod cache;
+pub mod fingerprint;
+pub mod retention;
+pub mod writer;
+
+use crate::analysis::PodContext;
+use crate::crd::{Priority, Subject};
+use crate::falco::Alert;
+use aggregate::{Bounds, Delta, Observation};
+use std::fmt;
+
+/// Where a report lives: namespace and deterministic name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReportKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ReportKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// An accepted alert, parsed, enriched from the cluster and assigned to its incident.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    pub alert: Alert,
+    /// The subject with what the cluster added (workload, node).
+    pub subject: Subject,
+    /// The pod's facts, when the pod was in the cache.
+    pub pod: Option<PodContext>,
+    pub fingerprint: String,
+    pub key: ReportKey,
+    pub observation: Observation,
+}
+
+impl Arrival {
+    /// Assigns an enriched alert to its incident. `operator_namespace` holds
+    /// the reports of alerts that belong to no namespace.
+    pub fn new(
+        alert: Alert,
+        subject: Subject,
+        pod: Option<PodContext>,
+        operator_namespace: &str,
+        received: jiff::Timestamp,
+        bounds: &Bounds,
+    ) -> Arrival {
+        let guessed = match (&subject.workload, &subject.pod) {
+            (Some(w), _) => Some(w.clone()),
+            (None, Some(pod)) => Some(crate::cluster::guess_workload(pod)),
+            (None, None) => None,
+        };
+        let scope = fingerprint::scope_of(&alert, &subject, guessed.as_ref());
+        let fingerprint = fingerprint::fingerprint(&alert.rule, &alert.source, &scope);
+        let key = ReportKey {
+            namespace: scope.namespace().unwrap_or(operator_namespace).to_string(),
+            name: fingerprint::report_name(&alert.rule, &fingerprint),
+        };
+        let observation = Observation::new(&alert, &subject, received, bounds);
+        Arrival {
+            alert,
+            subject,
+            pod,
+            fingerprint,
+            key,
+            observation,
+        }
+    }
+}
+
+/// Alerts of one incident accepted but not yet written to its report.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub key: ReportKey,
+    pub fingerprint: String,
+    /// The first alert of this batch: creates the report when it does not exist yet.
+    pub first: Box<FirstAlert>,
+    pub delta: Delta,
+    /// A remediation policy may act on it: never shed.
+    pub protected: bool,
+    /// Failed writes so far, for backoff.
+    pub attempts: u32,
+    /// Not retried before this instant.
+    pub not_before: Option<tokio::time::Instant>,
+}
+
+/// The first alert of a batch, with what the cluster said about it.
+#[derive(Clone, Debug)]
+pub struct FirstAlert {
+    pub alert: Alert,
+    pub subject: Subject,
+    pub pod: Option<PodContext>,
+}
+
+impl Pending {
+    pub fn new(arrival: Arrival, protected: bool, bounds: &Bounds) -> Pending {
+        Pending {
+            key: arrival.key,
+            fingerprint: arrival.fingerprint,
+            delta: Delta::new(arrival.observation, bounds),
+            first: Box::new(FirstAlert {
+                alert: arrival.alert,
+                subject: arrival.subject,
+                pod: arrival.pod,
+            }),
+            protected,
+            attempts: 0,
+            not_before: None,
+        }
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.first.alert.priority
+    }
+
+    /// Adds alerts that arrived after these (`later` is newer).
+    pub fn merge(&mut self, later: Pending, bounds: &Bounds) {
+        self.delta.merge(later.delta, bounds);
+        self.protected |= later.protected;
+        // The more severe alert decides what the incident is about.
+        if later.first.alert.priority < self.first.alert.priority {
+            self.first = later.first;
+        }
+    }
+}
