@@ -29,6 +29,8 @@ pub enum Command {
     Crd(CrdArgs),
     /// Run the operator against the cluster of the current kubeconfig or in-cluster config.
     Run(Box<RunArgs>),
+    /// POST alert files to a running intake, as Falco would (for demos and trials).
+    Replay(crate::replay::ReplayArgs),
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod intake;
 pub mod knowledge;
 pub mod metrics;
 pub mod operator;
+pub mod replay;
 pub mod report;
 pub mod shutdown;
 pub mod telemetry;

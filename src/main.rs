@@ -8,6 +8,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Crd(args) => peregrine::cli::print_crds(&args)?,
         Command::Run(args) => peregrine::operator::run(*args).await?,
+        Command::Replay(args) => peregrine::replay::run(args).await?,
     }
     Ok(())
 }
