@@ -738,3 +738,82 @@ fn remove_if_exists(path: &Path) -> Result<()> {
         Err(e) => Err(io(format!("removing {}", path.display()))(e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("testenv-unit-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        dir
+    }
+
+    #[test]
+    fn reads_multi_document_crd_files_and_keeps_numbers() {
+        let dir = temp_dir("crds");
+        let crd = |name: &str| {
+            format!(
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+                 metadata:\n  name: {name}\nspec:\n  x:\n    default: 0\n"
+            )
+        };
+        std::fs::write(
+            dir.join("b.yaml"),
+            format!("{}---\n{}", crd("b1"), crd("b2")),
+        )
+        .unwrap();
+        std::fs::write(dir.join("a.yml"), crd("a")).unwrap();
+        std::fs::write(dir.join("notes.txt"), "ignored").unwrap();
+        let crds = read_crds(&dir).unwrap();
+        let names: Vec<_> = crds
+            .iter()
+            .map(|(_, c)| c["metadata"]["name"].clone())
+            .collect();
+        assert_eq!(names, ["a", "b1", "b2"]);
+        assert_eq!(
+            serde_json::to_string(&crds[0].1["spec"]["x"]["default"]).unwrap(),
+            "0"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn rejects_other_kinds_in_the_crd_directory() {
+        let dir = temp_dir("notcrd");
+        std::fs::write(dir.join("cm.yaml"), "apiVersion: v1\nkind: ConfigMap\n").unwrap();
+        let err = read_crds(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("ConfigMap") && err.contains("cm.yaml"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_binaries_say_how_to_build_them() {
+        let err = resolve_bin_dir(Some(Path::new("/nonexistent/bin")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("make controlplane-build"), "{err}");
+        assert!(err.contains("kube-apiserver"), "{err}");
+    }
+
+    #[test]
+    fn generated_kubeconfig_parses() {
+        let pki = Pki::generate().unwrap();
+        let yaml = kubeconfig_yaml(
+            "https://127.0.0.1:6443",
+            &pki.ca.cert_pem,
+            "admin",
+            &pki.admin,
+        );
+        let kc = Kubeconfig::from_yaml(&yaml).unwrap();
+        assert_eq!(kc.current_context.as_deref(), Some("peregrine-testenv"));
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://127.0.0.1:6443")
+        );
+    }
+}

@@ -320,3 +320,33 @@ pub async fn mark_pod_running(client: &Client, namespace: &str, name: &str) -> R
 fn now() -> k8s_openapi::jiff::Timestamp {
     k8s_openapi::jiff::Timestamp::now()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_names_are_valid_dns_labels_and_differ() {
+        let a = unique_name("Some_Test::name");
+        let b = unique_name("Some_Test::name");
+        assert_ne!(a, b);
+        assert!(a.starts_with("some-test--name-"), "{a}");
+        let long = unique_name(&"x".repeat(100));
+        assert!(long.len() <= 63, "{long}");
+        assert!(unique_name("--").starts_with("t-"));
+        for name in [a, long] {
+            assert!(
+                name.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            );
+        }
+    }
+
+    #[test]
+    fn container_ids_are_64_hex_digits() {
+        let id = random_hex64();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(id, random_hex64());
+    }
+}
