@@ -124,9 +124,10 @@ impl Operator {
             "127.0.0.1:0",
             "--namespace",
             namespace,
-            "--flush-interval",
-            "300ms",
         ];
+        if !extra.contains(&"--flush-interval") {
+            args.extend_from_slice(&["--flush-interval", "300ms"]);
+        }
         args.extend_from_slice(extra);
         let client = cp.client().await?;
         let shutdown = CancellationToken::new();
