@@ -90,19 +90,23 @@ impl ControlPlane {
     /// If the control plane cannot start; the message names the failed
     /// component, shows the end of its log and says what to do.
     pub fn shared() -> &'static ControlPlane {
-        SHARED.get_or_init(|| {
+        let started = SHARED.get_or_init(|| {
             sweep_stale_dirs();
-            match ControlPlane::start(Options::default()) {
-                Ok(cp) => {
-                    // SAFETY: registers a plain extern "C" fn without arguments.
-                    unsafe {
-                        libc::atexit(stop_shared_at_exit);
-                    }
-                    cp
+            let started = ControlPlane::start(Options::default()).map_err(|e| e.to_string());
+            if started.is_ok() {
+                // SAFETY: registers a plain extern "C" fn without arguments.
+                unsafe {
+                    libc::atexit(stop_shared_at_exit);
                 }
-                Err(e) => panic!("the test control plane did not start: {e}"),
             }
-        })
+            started
+        });
+        match started {
+            Ok(cp) => cp,
+            // Remembered, so that the other tests fail at once with the same
+            // message instead of each trying (and waiting) again.
+            Err(e) => panic!("the test control plane did not start: {e}"),
+        }
     }
 
     /// Starts a control plane and waits until it is ready. Blocks; callable
@@ -454,12 +458,12 @@ impl Drop for ControlPlane {
     }
 }
 
-static SHARED: OnceLock<ControlPlane> = OnceLock::new();
+static SHARED: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
 /// Runs when the test binary exits normally or through `process::exit`
 /// (also after failed tests): the shared control plane is never dropped.
 extern "C" fn stop_shared_at_exit() {
-    if let Some(cp) = SHARED.get() {
+    if let Some(Ok(cp)) = SHARED.get() {
         if let Ok(mut processes) = cp.processes.try_lock() {
             // Killing is enough: the data is thrown away with the directory.
             while let Some(mut p) = processes.pop() {
