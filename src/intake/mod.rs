@@ -185,7 +185,7 @@ impl Intake {
         let report = arrival.key.to_string();
         let span = tracing::debug_span!(
             "alert",
-            alert_id = arrival.alert.uuid.as_deref().unwrap_or_default(),
+            alert_id = arrival.alert.uuid.as_deref(),
             report = %report,
             rule = %arrival.alert.rule,
         );

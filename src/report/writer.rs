@@ -186,7 +186,7 @@ impl Writer {
                 let span = tracing::info_span!(
                     "write",
                     report = %pending.key,
-                    alert_id = pending.first.alert.uuid.as_deref().unwrap_or_default(),
+                    alert_id = pending.first.alert.uuid.as_deref(),
                     alerts = pending.delta.count,
                 );
                 let result = self.write(&pending).instrument(span).await;
