@@ -46,12 +46,9 @@ const COUNT_STEPS: [u64; 6] = [1, 10, 100, 1_000, 10_000, 100_000];
 /// Why an incident could not be written now; it is retried with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error(
-        "cannot create AlertReport {key}: {source}. Check that the CRDs are installed and that the operator may patch alertreports in namespace {namespace}"
-    )]
+    #[error("cannot create AlertReport {key}: {source}")]
     Create {
         key: ReportKey,
-        namespace: String,
         #[source]
         source: kube::Error,
     },
@@ -61,17 +58,29 @@ pub enum WriteError {
         #[source]
         source: kube::Error,
     },
-    #[error(
-        "cannot update the status of AlertReport {key}: {source}. Check that the operator may patch alertreports/status"
-    )]
+    #[error("cannot update the status of AlertReport {key}: {source}")]
     Status {
         key: ReportKey,
         #[source]
         source: kube::Error,
     },
+    #[error(
+        "the operator may not {verb} AlertReport {key}: grant get and patch on alertreports and alertreports/status in its ClusterRole"
+    )]
+    Forbidden { key: ReportKey, verb: &'static str },
     #[error("AlertReport {key} changed under every one of {attempts} attempts; trying again later")]
     Contended { key: ReportKey, attempts: u32 },
+    #[error("the API server did not answer within {0:?}; trying again later")]
+    TimedOut(Duration),
 }
+
+fn forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.is_forbidden())
+}
+
+/// Longest time one incident's write may take, so a hung API server cannot
+/// hold a flush (or a shutdown's drain) forever.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How the writer behaves.
 #[derive(Clone, Debug)]
@@ -189,7 +198,10 @@ impl Writer {
                     alert_id = pending.first.alert.uuid.as_deref(),
                     alerts = pending.delta.count,
                 );
-                let result = self.write(&pending).instrument(span).await;
+                let result = tokio::time::timeout(WRITE_TIMEOUT, self.write(&pending))
+                    .instrument(span)
+                    .await
+                    .unwrap_or(Err(WriteError::TimedOut(WRITE_TIMEOUT)));
                 (pending, result)
             })
             .buffer_unordered(self.config.concurrency.max(1))
@@ -275,6 +287,12 @@ impl Writer {
                 }
                 Err(source) => {
                     self.metrics.write("status", "error");
+                    if forbidden(&source) {
+                        return Err(WriteError::Forbidden {
+                            key,
+                            verb: "patch the status of",
+                        });
+                    }
                     return Err(WriteError::Status { key, source });
                 }
             }
@@ -283,12 +301,19 @@ impl Writer {
 
     async fn read(&self, key: &ReportKey) -> Result<Option<AlertReport>, WriteError> {
         let api: Api<AlertReport> = Api::namespaced(self.client.clone(), &key.namespace);
-        api.get_opt(&key.name)
-            .await
-            .map_err(|source| WriteError::Read {
-                key: key.clone(),
-                source,
-            })
+        api.get_opt(&key.name).await.map_err(|source| {
+            if forbidden(&source) {
+                WriteError::Forbidden {
+                    key: key.clone(),
+                    verb: "read",
+                }
+            } else {
+                WriteError::Read {
+                    key: key.clone(),
+                    source,
+                }
+            }
+        })
     }
 
     /// Creates the report of a new incident by server-side apply. Replicas
@@ -320,11 +345,17 @@ impl Writer {
                 tracing::info!(report = %key, rule = %pending.first.alert.rule, "new incident");
                 Ok(report)
             }
+            Err(source) if forbidden(&source) => {
+                self.metrics.write("create", "error");
+                Err(WriteError::Forbidden {
+                    key: key.clone(),
+                    verb: "create",
+                })
+            }
             Err(source) => {
                 self.metrics.write("create", "error");
                 Err(WriteError::Create {
                     key: key.clone(),
-                    namespace: key.namespace.clone(),
                     source,
                 })
             }

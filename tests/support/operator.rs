@@ -117,6 +117,15 @@ impl Operator {
         namespace: &str,
         extra: &[&str],
     ) -> anyhow::Result<Operator> {
+        Operator::start_with(cp.client().await?, namespace, extra).await
+    }
+
+    /// Like [`Operator::start`], with the operator talking through `client`.
+    pub async fn start_with(
+        client: Client,
+        namespace: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Operator> {
         let mut args = vec![
             "--intake-addr",
             "127.0.0.1:0",
@@ -129,7 +138,6 @@ impl Operator {
             args.extend_from_slice(&["--flush-interval", "300ms"]);
         }
         args.extend_from_slice(extra);
-        let client = cp.client().await?;
         let shutdown = CancellationToken::new();
         let running = peregrine::operator::start(
             client,
