@@ -166,22 +166,25 @@ pub async fn start(
         protect,
         metrics.clone(),
     ));
-    let writer = Arc::new(Writer::new(
-        client.clone(),
-        queue.clone(),
-        reports.clone(),
-        analyzer,
-        WriterConfig {
-            flush_interval: args.flush_interval,
-            drain_timeout: args.drain_timeout,
-            operator_namespace: operator_namespace.clone(),
-            sensitive_namespaces: vec!["kube-system".to_string(), operator_namespace.clone()],
-            bounds,
-            event_bounds: EventBounds::default(),
-            concurrency: 8,
-        },
-        metrics.clone(),
-    ));
+    let writer = Arc::new(
+        Writer::new(
+            client.clone(),
+            queue.clone(),
+            reports.clone(),
+            analyzer,
+            WriterConfig {
+                flush_interval: args.flush_interval,
+                drain_timeout: args.drain_timeout,
+                operator_namespace: operator_namespace.clone(),
+                sensitive_namespaces: vec!["kube-system".to_string(), operator_namespace.clone()],
+                bounds,
+                event_bounds: EventBounds::default(),
+                concurrency: 8,
+            },
+            metrics.clone(),
+        )
+        .with_cluster(cluster.clone()),
+    );
     let writer_stop = CancellationToken::new();
     let writer_task = tokio::spawn(writer.clone().run(writer_stop.clone()));
 

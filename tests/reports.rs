@@ -162,3 +162,67 @@ async fn a_host_level_alert_lands_in_the_operators_namespace() -> anyhow::Result
     assert_eq!(report.labels()["peregrine.dev/node"], node);
     operator.stop().await
 }
+
+#[tokio::test]
+async fn a_new_incident_on_a_workload_is_correlated_into_the_earlier_ones() -> anyhow::Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "correlate").await?;
+    let web = deployment(&client, ns.name(), "web", 1).await?;
+    let tokens = TokenFile::new();
+    let operator = Operator::start(cp, ns.name(), &["--intake-token-file", &tokens.arg()]).await?;
+    let mut intake = operator.client(Some(&tokens.token));
+    post(&mut intake, &shell_alert(ns.name(), &web[0], "worker-1")).await?;
+    let first = wait_for_reports(&client, ns.name(), "the shell report", |r| r.len() == 1).await?;
+    let shell_report = first[0].name_any();
+
+    let mut read = shell_alert(ns.name(), &web[0], "worker-1");
+    read["rule"] = serde_json::json!("Read sensitive file untrusted");
+    read["priority"] = serde_json::json!("Warning");
+    read["tags"] = serde_json::json!([
+        "T1555",
+        "container",
+        "filesystem",
+        "host",
+        "maturity_stable",
+        "mitre_credential_access"
+    ]);
+    read["output_fields"]["fd.name"] = serde_json::json!("/etc/shadow");
+    post(&mut intake, &read).await?;
+
+    let found = wait_for_reports(
+        &client,
+        ns.name(),
+        "the shell report correlated with the new one",
+        |r| {
+            r.len() == 2
+                && r.iter().any(|r| {
+                    r.name_any() == shell_report
+                        && r.status
+                            .as_ref()
+                            .and_then(|s| s.analysis.as_ref())
+                            .is_some_and(|a| {
+                                a.correlation
+                                    .iter()
+                                    .any(|c| c.rule == "Read sensitive file untrusted")
+                            })
+                })
+        },
+    )
+    .await?;
+    let newer = found
+        .iter()
+        .find(|r| r.name_any() != shell_report)
+        .expect("second report");
+    let correlation = &newer
+        .status
+        .as_ref()
+        .and_then(|s| s.analysis.as_ref())
+        .expect("analysis")
+        .correlation;
+    assert!(
+        correlation.iter().any(|c| c.report == shell_report),
+        "{correlation:?}"
+    );
+    operator.stop().await
+}

@@ -18,7 +18,8 @@ use super::cache::ReportCache;
 use super::fingerprint::{LABEL_WORKLOAD_KIND, LABEL_WORKLOAD_NAME, severity_of_priority};
 use super::{FirstAlert, Pending, ReportKey};
 use crate::analysis::{Context, RelatedIncident};
-use crate::crd::{AlertReport, AlertReportStatus, Analysis, Basis, Subject};
+use crate::cluster::ClusterCache;
+use crate::crd::{AlertReport, AlertReportSpec, AlertReportStatus, Analysis, Basis, Subject};
 use crate::falco::Alert;
 use crate::intake::queue::Queue;
 use crate::metrics::Metrics;
@@ -113,6 +114,7 @@ pub struct Writer {
     config: WriterConfig,
     metrics: Metrics,
     known: Mutex<HashMap<ReportKey, Known>>,
+    cluster: Option<ClusterCache>,
 }
 
 impl Writer {
@@ -132,7 +134,14 @@ impl Writer {
             config,
             metrics,
             known: Mutex::new(HashMap::new()),
+            cluster: None,
         }
+    }
+
+    /// Reads pod facts from `cluster` when re-analysing a report.
+    pub fn with_cluster(mut self, cluster: ClusterCache) -> Writer {
+        self.cluster = Some(cluster);
+        self
     }
 
     fn known(&self) -> MutexGuard<'_, HashMap<ReportKey, Known>> {
@@ -233,6 +242,7 @@ impl Writer {
             None => self.read(&key).await?,
         };
         let mut attempts = 0u32;
+        let mut created = false;
         loop {
             attempts += 1;
             if attempts > 8 {
@@ -241,7 +251,10 @@ impl Writer {
             let report = match current.take() {
                 Some(r) => r,
                 None => match self.create(&key, pending).await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        created = true;
+                        r
+                    }
                     Err(WriteError::Create { source, .. })
                         if is_not_found(&source)
                             && key.namespace != self.config.operator_namespace =>
@@ -272,6 +285,9 @@ impl Writer {
                 Ok(updated) => {
                     self.metrics.write("status", "ok");
                     tracing::debug!(count = ?updated.status.as_ref().and_then(|s| s.occurrences.as_ref()).map(|o| o.count), "status written");
+                    if created {
+                        self.refresh_related(&key, &updated, &related).await;
+                    }
                     self.remember(&key, updated, related_names);
                     return Ok(());
                 }
@@ -355,6 +371,98 @@ impl Writer {
             Err(source) => {
                 self.metrics.write("create", "error");
                 Err(WriteError::Create {
+                    key: key.clone(),
+                    source,
+                })
+            }
+        }
+    }
+
+    /// A new incident changes the context of the others on its workload:
+    /// re-analyse them (at most a few), best effort.
+    async fn refresh_related(
+        &self,
+        key: &ReportKey,
+        created: &AlertReport,
+        related: &[RelatedIncident],
+    ) {
+        let newcomer = RelatedIncident {
+            report: key.name.clone(),
+            rule: created.spec.rule.clone(),
+            tags: created.spec.tags.clone(),
+            last_seen: created
+                .status
+                .as_ref()
+                .and_then(|s| s.occurrences.as_ref())
+                .map(|o| o.last_seen.0),
+        };
+        for other in related.iter().take(5) {
+            let other_key = ReportKey {
+                namespace: key.namespace.clone(),
+                name: other.report.clone(),
+            };
+            if let Err(error) = self.reanalyze(&other_key, &newcomer).await {
+                tracing::debug!(report = %other_key, %error, "not re-analysed now; it will be at its next alert");
+            }
+        }
+    }
+
+    /// Recomputes the analysis of `key` with `newcomer` among its related
+    /// incidents; patches only when the analysis changed.
+    async fn reanalyze(
+        &self,
+        key: &ReportKey,
+        newcomer: &RelatedIncident,
+    ) -> Result<(), WriteError> {
+        let Some(report) = self.current(key) else {
+            return Ok(());
+        };
+        let Some(status) = report.status.clone() else {
+            return Ok(());
+        };
+        let mut related = self.related(key, &report);
+        if !related.iter().any(|r| r.report == newcomer.report) {
+            related.push(newcomer.clone());
+        }
+        let spec = &report.spec;
+        let pod = match (&self.cluster, &spec.subject.namespace, &spec.subject.pod) {
+            (Some(cluster), Some(ns), Some(pod)) => cluster.pod(ns, pod),
+            _ => None,
+        };
+        let first = FirstAlert {
+            alert: alert_of(spec),
+            subject: spec.subject.clone(),
+            pod,
+        };
+        let count = status.occurrences.as_ref().map_or(0, |o| o.count);
+        let analysis = self.analyze(&first, count, &related);
+        if analysis.is_none() || analysis == status.analysis {
+            return Ok(());
+        }
+        let api: Api<AlertReport> = Api::namespaced(self.client.clone(), &key.namespace);
+        let patch = serde_json::json!({
+            "metadata": { "resourceVersion": report.resource_version() },
+            "status": { "analysis": analysis },
+        });
+        match api
+            .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(updated) => {
+                self.metrics.write("status", "ok");
+                let names = related.iter().map(|r| r.report.clone()).collect();
+                self.remember(key, updated, names);
+                Ok(())
+            }
+            Err(source) => {
+                let result = if is_conflict(&source) {
+                    "conflict"
+                } else {
+                    "error"
+                };
+                self.metrics.write("status", result);
+                self.known().remove(key);
+                Err(WriteError::Status {
                     key: key.clone(),
                     source,
                 })
@@ -471,6 +579,26 @@ fn condition(status: &str, reason: &str, message: &str, generation: Option<i64>)
 
 fn step(count: u64) -> usize {
     COUNT_STEPS.iter().filter(|s| count >= **s).count()
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(s) if s.is_conflict())
+}
+
+/// The first alert of a report, rebuilt from its spec for re-analysis.
+fn alert_of(spec: &AlertReportSpec) -> Alert {
+    Alert {
+        time: spec.event.time.clone(),
+        timestamp: spec.event.time.as_deref().and_then(|t| t.parse().ok()),
+        rule: spec.rule.clone(),
+        priority: spec.priority,
+        source: spec.source.clone(),
+        hostname: spec.event.hostname.clone(),
+        output: spec.event.output.clone(),
+        output_fields: spec.event.output_fields.clone(),
+        tags: spec.tags.clone(),
+        uuid: spec.event.uuid.clone(),
+    }
 }
 
 fn is_not_found(error: &kube::Error) -> bool {
