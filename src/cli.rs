@@ -31,6 +31,8 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// POST alert files to a running intake, as Falco would (for demos and trials).
     Replay(crate::replay::ReplayArgs),
+    /// Analyse one Falco alert offline and print the AlertReport it would create.
+    Analyze(crate::offline::AnalyzeArgs),
 }
 
 #[derive(Debug, Args)]

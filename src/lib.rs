@@ -12,6 +12,7 @@ pub mod install_check;
 pub mod intake;
 pub mod knowledge;
 pub mod metrics;
+pub mod offline;
 pub mod operator;
 pub mod replay;
 pub mod report;

@@ -9,6 +9,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Crd(args) => peregrine::cli::print_crds(&args)?,
         Command::Run(args) => peregrine::operator::run(*args).await?,
         Command::Replay(args) => peregrine::replay::run(args).await?,
+        Command::Analyze(args) => peregrine::cli::write_stdout(&peregrine::offline::run(&args)?)?,
     }
     Ok(())
 }

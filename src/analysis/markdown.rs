@@ -120,17 +120,12 @@ pub fn render(spec: &AlertReportSpec, analysis: &Analysis) -> String {
             let _ = writeln!(md, "{}", fence("sh", &m.commands.join("\n")));
         }
         if let Some(manifest) = &m.manifest {
-            let lang = if m.category == MitigationCategory::Tune {
-                "yaml"
-            } else {
-                "yaml"
-            };
             if m.category == MitigationCategory::Tune {
                 let _ = writeln!(md, "Falco rules file:\n");
             } else {
                 let _ = writeln!(md, "Apply with `kubectl apply -f -`:\n");
             }
-            let _ = writeln!(md, "{}", fence(lang, manifest.trim_end()));
+            let _ = writeln!(md, "{}", fence("yaml", manifest.trim_end()));
         }
     }
 
@@ -188,12 +183,26 @@ fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         match c {
-            '\\' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '|' => {
+            '\\' | '`' | '*' | '[' | ']' | '<' | '>' | '|' => {
                 out.push('\\');
                 out.push(c);
             }
             '\n' | '\r' => out.push(' '),
             c => out.push(c),
+        }
+    }
+    // What starts a block (a heading, a list item, a setext underline) would
+    // turn the text into structure, so it is escaped too.
+    let lead = out.trim_start().chars().next();
+    if matches!(lead, Some('#' | '-' | '+' | '=')) {
+        let at = out.len() - out.trim_start().len();
+        out.insert(at, '\\');
+    } else if lead.is_some_and(|c| c.is_ascii_digit()) {
+        let trimmed = out.trim_start();
+        let digits = trimmed.chars().take_while(char::is_ascii_digit).count();
+        if matches!(trimmed[digits..].chars().next(), Some('.' | ')')) {
+            let at = out.len() - trimmed.len() + digits;
+            out.insert(at, '\\');
         }
     }
     out
@@ -213,4 +222,63 @@ fn code_cell(text: &str) -> String {
     let longest = flat.split(|c| c != '`').map(str::len).max().unwrap_or(0);
     let ticks = "`".repeat(longest + 1);
     format!("{ticks} {flat} {ticks}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analysis::{Context, analyze};
+    use crate::falco;
+
+    fn report(body: serde_json::Value) -> String {
+        let alert = falco::parse(&serde_json::to_vec(&body).unwrap()).unwrap();
+        let kb = crate::knowledge::builtin().unwrap();
+        let subject = falco::subject_of(&alert);
+        let a = analyze(&alert, &subject, &Context::default(), kb);
+        let spec = AlertReportSpec {
+            rule: alert.rule.clone(),
+            priority: alert.priority,
+            source: alert.source.clone(),
+            tags: alert.tags.clone(),
+            fingerprint: "f".into(),
+            subject,
+            event: Default::default(),
+        };
+        render(&spec, &a)
+    }
+
+    #[test]
+    fn the_report_has_the_five_sections_in_order() {
+        let md = report(serde_json::json!({
+            "rule": "Terminal shell in container", "priority": "Notice", "output": "x",
+            "output_fields": {"proc.cmdline": "bash", "k8s.ns.name": "shop", "k8s.pod.name": "web-1"}
+        }));
+        let at = |h: &str| md.find(h).unwrap_or_else(|| panic!("{h} missing:\n{md}"));
+        assert!(at("## Summary") < at("## Detailed analysis"));
+        assert!(at("## Detailed analysis") < at("## Possible misuse"));
+        assert!(at("## Possible misuse") < at("## Mitigation strategies"));
+        assert!(at("## Mitigation strategies") < at("## Conclusion"));
+    }
+
+    #[test]
+    fn hostile_values_cannot_add_headings_rows_or_close_code_blocks() {
+        let md = report(serde_json::json!({
+            "rule": "# Owned", "priority": "Notice", "output": "x",
+            "output_fields": {"proc.cmdline": "x | y\n## Fake section\n```\n", "k8s.ns.name": "shop"}
+        }));
+        let headings: Vec<&str> = md.lines().filter(|l| l.starts_with('#')).collect();
+        assert!(
+            headings
+                .iter()
+                .all(|h| !h.contains("Fake section") && !h.starts_with("# Owned")),
+            "{headings:?}"
+        );
+        assert!(md.starts_with("# Alert analysis: \\# Owned"), "{md}");
+        let fences = md.lines().filter(|l| l.starts_with("```")).count();
+        assert_eq!(fences % 2, 0, "unbalanced code fences:\n{md}");
+        for row in md.lines().filter(|l| l.starts_with("| ")) {
+            let unescaped_pipes = row.replace("\\|", "").matches('|').count();
+            assert_eq!(unescaped_pipes, 3, "a value broke a table row: {row}");
+        }
+    }
 }

@@ -378,7 +378,7 @@ fn findings(
             (None, Some(uid)) => Some(format!("uid {uid}")),
             (None, None) => None,
         };
-        push("User", who, None);
+        push("User", who, Some("user.name"));
     }
     if let Some(p) = &subject.process {
         push(
@@ -540,7 +540,7 @@ fn place(subject: &Subject, ctx: &Context) -> String {
                 Some(node) => format!("container {id} on node {node}"),
                 None => format!("container {id}"),
             },
-            (_, Some(node)) => format!("{node}"),
+            (_, Some(node)) => node.to_string(),
             _ => "an unidentified host".to_string(),
         },
     }
@@ -553,7 +553,7 @@ fn actor(subject: &Subject) -> Option<String> {
     let parent = process.and_then(|p| p.parent.clone());
     match (what, user) {
         (Some(what), user) => {
-            let mut s = format!("`{}`", cut_to(&what, 120));
+            let mut s = format!("\"{}\"", cut_to(&what, 120));
             if let Some(user) = user {
                 s.push_str(&format!(" run by {user}"));
             }

@@ -90,12 +90,11 @@ pub fn assess(priority: Priority, subject: &Subject, ctx: &Context) -> Risk {
     if root_user || ctx.pod.as_ref().is_some_and(|p| p.runs_as_root) {
         add(5, "runs as root".into());
     }
-    if let Some(ns) = subject.namespace.as_deref() {
-        if CONTROL_PLANE_NAMESPACES.contains(&ns)
-            || ctx.sensitive_namespaces.iter().any(|s| s == ns)
-        {
-            add(10, format!("sensitive namespace {ns}"));
-        }
+    if let Some(ns) = subject.namespace.as_deref()
+        && (CONTROL_PLANE_NAMESPACES.contains(&ns)
+            || ctx.sensitive_namespaces.iter().any(|s| s == ns))
+    {
+        add(10, format!("sensitive namespace {ns}"));
     }
     if let Some(count) = ctx.occurrences.filter(|c| *c >= 10) {
         add(5, format!("repeated {count} times"));

@@ -3,8 +3,11 @@
 //! The Rust types are the single source of the schema: `peregrine crd` prints
 //! the YAML kept in `crds/`, and a test fails when the two drift apart.
 
+// kube's `printcolumn(...)` repeats `type_` and `priority` per column by design.
+#[allow(clippy::duplicated_attributes)]
 mod alert_report;
 mod common;
+#[allow(clippy::duplicated_attributes)]
 mod remediation_policy;
 
 pub use alert_report::*;
