@@ -349,3 +349,40 @@ async fn operator_metrics(health: std::net::SocketAddr) -> anyhow::Result<String
     )?;
     Ok(c.send(Method::GET, None, Bytes::new()).await?.body)
 }
+
+#[tokio::test]
+async fn a_stalled_sender_is_answered_or_cut_off_after_the_read_timeout() -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "stall").await?;
+    let operator = Operator::start(
+        cp,
+        ns.name(),
+        &[
+            "--intake-allow-unauthenticated",
+            "--intake-read-timeout",
+            "1s",
+        ],
+    )
+    .await?;
+
+    // Headers that never end: the connection is closed.
+    let mut stalled = tokio::net::TcpStream::connect(operator.intake).await?;
+    stalled.write_all(b"POST / HTTP/1.1\r\nHost: x\r\n").await?;
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), stalled.read_to_end(&mut buf)).await;
+    assert!(
+        read.is_ok(),
+        "the connection with unfinished headers is still open after 10 s"
+    );
+
+    // A body that never arrives: 408.
+    let mut slow = tokio::net::TcpStream::connect(operator.intake).await?;
+    slow.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"rule\":").await?;
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut answer)).await??;
+    let text = String::from_utf8_lossy(&answer[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    operator.stop().await
+}
