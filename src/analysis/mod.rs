@@ -485,7 +485,7 @@ fn summary(
         "{} ({}) on {}",
         alert.rule,
         alert.priority,
-        place(subject, ctx)
+        place(alert, subject, ctx)
     );
     if let Some(actor) = actor(subject) {
         s.push_str(": ");
@@ -519,7 +519,10 @@ fn summary(
     s
 }
 
-fn place(subject: &Subject, ctx: &Context) -> String {
+fn place(alert: &Alert, subject: &Subject, ctx: &Context) -> String {
+    if let Some(service) = cloud_place(alert) {
+        return service;
+    }
     let workload = subject
         .workload
         .as_ref()
@@ -540,10 +543,35 @@ fn place(subject: &Subject, ctx: &Context) -> String {
                 Some(node) => format!("container {id} on node {node}"),
                 None => format!("container {id}"),
             },
-            (_, Some(node)) => node.to_string(),
+            (_, Some(node)) => format!("node {node}"),
             _ => "an unidentified host".to_string(),
         },
     }
+}
+
+/// Where a cloud or SaaS event happened, from its own fields.
+fn cloud_place(alert: &Alert) -> Option<String> {
+    let f = |k: &str| alert.field(k);
+    let place = match alert.source.as_str() {
+        "aws_cloudtrail" => match (f("ct.user.accountid"), f("ct.region")) {
+            (Some(account), Some(region)) => format!("AWS account {account} ({region})"),
+            (Some(account), None) => format!("AWS account {account}"),
+            (None, Some(region)) => format!("AWS ({region})"),
+            (None, None) => "AWS".to_string(),
+        },
+        "gcp_auditlog" => match f("gcp.projectId") {
+            Some(project) => format!("GCP project {project}"),
+            None => "GCP".to_string(),
+        },
+        "okta" => "Okta".to_string(),
+        "github" => match (f("github.owner").or(f("github.org")), f("github.repo.name")) {
+            (Some(owner), Some(repo)) => format!("GitHub repository {owner}/{repo}"),
+            (Some(owner), None) => format!("GitHub organization {owner}"),
+            _ => "GitHub".to_string(),
+        },
+        _ => return None,
+    };
+    Some(place)
 }
 
 fn actor(subject: &Subject) -> Option<String> {

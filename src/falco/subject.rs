@@ -46,11 +46,21 @@ fn runtime_subject(alert: &Alert) -> Subject {
         container: alert.field("container.name"),
         container_id: alert.field("container.id"),
         image,
-        node: alert.hostname.clone().filter(|h| is_dns_subdomain(h)),
+        // Cloud and SaaS plugins run beside Falco, whose hostname is then no node of theirs.
+        node: alert
+            .hostname
+            .clone()
+            .filter(|h| is_dns_subdomain(h) && runs_on_a_node(alert)),
         workload: None,
         process: (process != ProcessInfo::default()).then_some(process),
         user: (user != UserInfo::default()).then_some(user),
     }
+}
+
+/// Syscall alerts, Falco's own events, and anything carrying a container id
+/// come from the node Falco runs on.
+fn runs_on_a_node(alert: &Alert) -> bool {
+    matches!(alert.source.as_str(), "syscall" | "internal") || alert.field("container.id").is_some()
 }
 
 fn audit_subject(alert: &Alert) -> Subject {
