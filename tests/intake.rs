@@ -118,7 +118,7 @@ async fn every_bad_input_gets_its_status_code_and_leaves_no_report() -> anyhow::
     assert_eq!(found_later.len(), 1, "bad input made no report");
     assert_eq!(count(&found_later[0]), 1);
 
-    let metrics = operator_metrics(operator.health).await?;
+    let metrics = metrics_of(&operator).await?;
     for reason in [
         "unauthorized",
         "text_plain",
@@ -338,16 +338,6 @@ async fn mutual_tls_admits_a_client_certificate_from_the_ca_and_nothing_else() -
     })
     .await?;
     operator.stop().await
-}
-
-/// `GET /metrics` on the operator's health address.
-async fn operator_metrics(health: std::net::SocketAddr) -> anyhow::Result<String> {
-    let mut c = IntakeClient::new(
-        &format!("http://{health}/metrics"),
-        None,
-        &TlsFiles::default(),
-    )?;
-    Ok(c.send(Method::GET, None, Bytes::new()).await?.body)
 }
 
 #[tokio::test]

@@ -226,3 +226,54 @@ async fn a_new_incident_on_a_workload_is_correlated_into_the_earlier_ones() -> a
     );
     operator.stop().await
 }
+
+#[tokio::test]
+async fn two_replicas_counting_one_incident_lose_no_increment() -> anyhow::Result<()> {
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "replicas").await?;
+    let tokens = TokenFile::new();
+    let token_path = tokens.arg();
+    let args = [
+        "--intake-token-file",
+        token_path.as_str(),
+        "--flush-interval",
+        "100ms",
+    ];
+    let one = Operator::start(cp, ns.name(), &args).await?;
+    let two = Operator::start(cp, ns.name(), &args).await?;
+    let alert = serde_json::to_vec(&shell_alert(ns.name(), "web-7d9f8b6c5d-x2k4q", "worker-1"))?;
+    let send = |operator: &Operator| {
+        let mut intake = operator.client(Some(&tokens.token));
+        let alert = alert.clone();
+        async move {
+            for _ in 0..300 {
+                let answer = intake.post_alert(alert.clone()).await?;
+                anyhow::ensure!(answer.status.as_u16() == 202, "{}", answer.body);
+                // Spread the alerts over several flushes of both replicas.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+    };
+    let (a, b) = tokio::join!(send(&one), send(&two));
+    a?;
+    b?;
+    let found = wait_for_reports(&client, ns.name(), "one report counting 600", |r| {
+        r.len() == 1 && count(&r[0]) == 600
+    })
+    .await?;
+    assert_eq!(found.len(), 1, "both replicas converge on one object");
+    for (name, operator) in [("one", &one), ("two", &two)] {
+        let metrics = metrics_of(operator).await?;
+        let conflicts: Vec<&str> = metrics
+            .lines()
+            .filter(|l| l.contains("result=\"conflict\""))
+            .collect();
+        eprintln!("replica {name}: {conflicts:?}");
+    }
+    one.stop().await?;
+    two.stop().await?;
+    assert_eq!(count(&reports(&client, ns.name()).await?[0]), 600);
+    Ok(())
+}

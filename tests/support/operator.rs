@@ -323,3 +323,15 @@ pub async fn apiserver_alertreport_writes(client: &Client) -> anyhow::Result<u64
     }
     Ok(total)
 }
+
+/// `GET /metrics` of an operator.
+pub async fn metrics_of(operator: &Operator) -> anyhow::Result<String> {
+    let mut c = IntakeClient::new(
+        &format!("http://{}/metrics", operator.health),
+        None,
+        &TlsFiles::default(),
+    )?;
+    Ok(c.send(http::Method::GET, None, bytes::Bytes::new())
+        .await?
+        .body)
+}
