@@ -17,6 +17,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
 
+/// What is sent, and the status and part of the message it must get.
+type Case = (
+    &'static str,
+    Method,
+    Option<&'static str>,
+    Bytes,
+    u16,
+    &'static str,
+);
+
 #[tokio::test]
 async fn every_bad_input_gets_its_status_code_and_leaves_no_report() -> anyhow::Result<()> {
     let cp = control_plane().await?;
@@ -53,7 +63,7 @@ async fn every_bad_input_gets_its_status_code_and_leaves_no_report() -> anyhow::
     );
 
     let mut intake = operator.client(Some(&tokens.token));
-    let cases: Vec<(&str, Method, Option<&str>, Bytes, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "text/plain, as Falco sends without json_output",
             Method::POST,
