@@ -14,6 +14,7 @@ pub mod knowledge;
 pub mod metrics;
 pub mod offline;
 pub mod operator;
+pub mod policy;
 pub mod replay;
 pub mod report;
 pub mod shutdown;
