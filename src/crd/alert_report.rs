@@ -10,8 +10,6 @@ use serde_json::{Map, Value};
 /// An incident raised by Falco: the same rule firing on the same workload.
 ///
 /// Repeats of the incident do not make new objects: they raise `status.occurrences`.
-// Every printcolumn(...) repeats `type_` and `priority`: that is kube's syntax, not a mistake.
-#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "peregrine.dev",
