@@ -14,6 +14,7 @@ build:
 ## crds: regenerate crds/ from the Rust types
 crds:
 	$(CARGO) run -q --bin peregrine -- crd --out-dir crds
+	cp crds/*.yaml charts/peregrine/crds/
 
 ## lint: formatting and clippy, warnings are errors
 lint:
@@ -96,3 +97,25 @@ controlplane-down:
 	else \
 	  echo "control plane is not running (no $(CONTROLPLANE_PID))"; \
 	fi
+
+# ---------------------------------------------------------------------------
+# Shipping: the Helm chart, plain manifests and the image.
+#
+#   make chart-test    lint, render, install and uninstall the chart on the control plane
+#   make deploy        regenerate deploy/peregrine.yaml from the chart (a test fails when it drifts)
+#   make image         build target/image/peregrine.tar (OCI) without a daemon, with buildah
+#   make image-tools   install buildah, skopeo, umoci and musl-tools (Debian, as root)
+# ---------------------------------------------------------------------------
+.PHONY: chart-test deploy image image-tools
+
+chart-test: controlplane-build
+	$(CARGO) test --test chart --test image
+
+deploy: controlplane-build
+	./scripts/render-deploy.sh
+
+image: image-tools
+	./scripts/build-image.sh
+
+image-tools:
+	@./scripts/install-image-tools.sh
