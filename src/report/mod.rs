@@ -89,6 +89,18 @@ pub struct Pending {
     pub attempts: u32,
     /// Not retried before this instant.
     pub not_before: Option<tokio::time::Instant>,
+    /// A status write whose answer was lost (timeout, broken connection, 5xx):
+    /// it may have been applied. Settled at the next write.
+    pub in_doubt: Option<InDoubt>,
+}
+
+/// A status write that may or may not have been applied.
+#[derive(Clone, Debug)]
+pub struct InDoubt {
+    /// The status that was sent.
+    pub status: Box<crate::crd::AlertReportStatus>,
+    /// The alerts it counted.
+    pub count: u64,
 }
 
 /// The first alert of a batch, with what the cluster said about it.
@@ -113,11 +125,30 @@ impl Pending {
             protected,
             attempts: 0,
             not_before: None,
+            in_doubt: None,
         }
     }
 
     pub fn priority(&self) -> Priority {
         self.first.alert.priority
+    }
+
+    /// Settles a write in doubt against the report's status as read now:
+    /// when the status is exactly what was sent, that write was applied and
+    /// its alerts are not counted again. True when nothing is left to write.
+    ///
+    /// Should another replica have written after the lost answer, the
+    /// statuses differ and the alerts are counted again: the only case in
+    /// which an alert may be counted twice, never one in which it is lost.
+    pub fn settle(&mut self, current: Option<&crate::crd::AlertReportStatus>) -> bool {
+        let Some(doubt) = self.in_doubt.take() else {
+            return false;
+        };
+        if current != Some(doubt.status.as_ref()) {
+            return false;
+        }
+        self.delta.count = self.delta.count.saturating_sub(doubt.count);
+        self.delta.count == 0
     }
 
     /// Adds alerts that arrived after these (`later` is newer).
@@ -128,5 +159,64 @@ impl Pending {
         if later.first.alert.priority < self.first.alert.priority {
             self.first = later.first;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AlertReportStatus;
+
+    fn pending(alerts: u64) -> Pending {
+        let alert = crate::falco::parse(
+            br#"{"rule":"R","priority":"Notice","output_fields":{"k8s.ns.name":"ns","k8s.pod.name":"p"}}"#,
+        )
+        .unwrap();
+        let subject = crate::falco::subject_of(&alert);
+        let bounds = Bounds::default();
+        let arrival = Arrival::new(alert, subject, None, "op", jiff::Timestamp::now(), &bounds);
+        let mut p = Pending::new(arrival.clone(), false, &bounds);
+        for _ in 1..alerts {
+            p.merge(Pending::new(arrival.clone(), false, &bounds), &bounds);
+        }
+        p
+    }
+
+    fn sent(count: u64) -> InDoubt {
+        let status = AlertReportStatus {
+            observed_generation: Some(count as i64),
+            ..AlertReportStatus::default()
+        };
+        InDoubt {
+            status: Box::new(status),
+            count,
+        }
+    }
+
+    #[test]
+    fn a_write_that_landed_although_its_answer_was_lost_is_not_counted_again() {
+        let mut p = pending(3);
+        p.in_doubt = Some(sent(3));
+        let landed = sent(3).status;
+        assert!(p.settle(Some(&landed)), "nothing left to write");
+        assert_eq!(p.delta.count, 0);
+    }
+
+    #[test]
+    fn alerts_that_came_after_a_lost_answer_are_still_written() {
+        let mut p = pending(5);
+        p.in_doubt = Some(sent(3));
+        let landed = sent(3).status;
+        assert!(!p.settle(Some(&landed)));
+        assert_eq!(p.delta.count, 2);
+    }
+
+    #[test]
+    fn a_write_that_did_not_land_is_sent_again_in_full() {
+        let mut p = pending(3);
+        p.in_doubt = Some(sent(3));
+        assert!(!p.settle(Some(&AlertReportStatus::default())));
+        assert_eq!(p.delta.count, 3);
+        assert!(p.in_doubt.is_none());
     }
 }

@@ -16,7 +16,7 @@ use super::aggregate::{self, Bounds};
 use super::build::{self, EventBounds};
 use super::cache::ReportCache;
 use super::fingerprint::{LABEL_WORKLOAD_KIND, LABEL_WORKLOAD_NAME, severity_of_priority};
-use super::{FirstAlert, Pending, ReportKey};
+use super::{FirstAlert, InDoubt, Pending, ReportKey};
 use crate::analysis::{Context, RelatedIncident};
 use crate::cluster::ClusterCache;
 use crate::crd::{AlertReport, AlertReportSpec, AlertReportStatus, Analysis, Basis, Subject};
@@ -200,14 +200,14 @@ impl Writer {
             return;
         }
         futures::stream::iter(batch)
-            .map(|pending| async move {
+            .map(|mut pending| async move {
                 let span = tracing::info_span!(
                     "write",
                     report = %pending.key,
                     alert_id = pending.first.alert.uuid.as_deref(),
                     alerts = pending.delta.count,
                 );
-                let result = tokio::time::timeout(WRITE_TIMEOUT, self.write(&pending))
+                let result = tokio::time::timeout(WRITE_TIMEOUT, self.write(&mut pending))
                     .instrument(span)
                     .await
                     .unwrap_or(Err(WriteError::TimedOut(WRITE_TIMEOUT)));
@@ -235,12 +235,20 @@ impl Writer {
     }
 
     /// Counts one incident's waiting alerts in its report.
-    async fn write(&self, pending: &Pending) -> Result<(), WriteError> {
+    async fn write(&self, pending: &mut Pending) -> Result<(), WriteError> {
         let mut key = pending.key.clone();
         let mut current = match self.current(&key) {
-            Some(r) => Some(r),
-            None => self.read(&key).await?,
+            // After a lost answer, only a fresh read tells whether it was applied.
+            Some(r) if pending.in_doubt.is_none() => Some(r),
+            _ => self.read(&key).await?,
         };
+        if pending.in_doubt.is_some() {
+            let status = current.as_ref().and_then(|r| r.status.as_ref());
+            if pending.settle(status) {
+                tracing::info!(report = %key, "the last write was applied although its answer was lost");
+                return Ok(());
+            }
+        }
         let mut attempts = 0u32;
         let mut created = false;
         loop {
@@ -278,10 +286,18 @@ impl Writer {
                 "metadata": { "resourceVersion": report.resource_version() },
                 "status": status,
             });
-            match api
+            // Until the API server answers, this write may or may not apply.
+            pending.in_doubt = Some(InDoubt {
+                status: Box::new(status),
+                count: pending.delta.count,
+            });
+            let answer = api
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
+                .await;
+            if !answer_in_doubt(&answer) {
+                pending.in_doubt = None;
+            }
+            match answer {
                 Ok(updated) => {
                     self.metrics.write("status", "ok");
                     tracing::debug!(count = ?updated.status.as_ref().and_then(|s| s.occurrences.as_ref()).map(|o| o.count), "status written");
@@ -579,6 +595,16 @@ fn condition(status: &str, reason: &str, message: &str, generation: Option<i64>)
 
 fn step(count: u64) -> usize {
     COUNT_STEPS.iter().filter(|s| count >= **s).count()
+}
+
+/// True when a write may have been applied although it failed: the
+/// connection broke, or the API server failed after accepting it (5xx).
+fn answer_in_doubt<T>(answer: &Result<T, kube::Error>) -> bool {
+    match answer {
+        Ok(_) => false,
+        Err(kube::Error::Api(s)) => s.code >= 500,
+        Err(_) => true,
+    }
 }
 
 fn is_conflict(error: &kube::Error) -> bool {
