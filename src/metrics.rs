@@ -37,6 +37,30 @@ pub struct WriteLabels {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApiWriteLabels {
+    /// Kind written: `AlertReport`, `RemediationPolicy`, `Pod`, `NetworkPolicy`, `Event`...
+    pub kind: &'static str,
+    /// `create`, `apply`, `patch`, `status`, `delete`, `scale`.
+    pub operation: &'static str,
+    /// `ok`, `conflict`, `forbidden`, `error`.
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    /// Action family: `label`, `annotate`, `isolate`, `delete_pod`, `scale_to_zero`, `cordon_node`, `notify`.
+    pub action: &'static str,
+    /// `planned`, `dry_run`, `awaiting_approval`, `succeeded`, `failed`, `reverted`, `rate_limited`, `forbidden`.
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    /// `reports`, `policies`, `remediation`, `retention`.
+    pub controller: &'static str,
+}
+
 /// Every metric of the operator, cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -48,6 +72,10 @@ pub struct Metrics {
     pub queue_incidents: Gauge,
     pub report_writes: Family<WriteLabels, Counter>,
     pub reports_expired: Family<RequestReason, Counter>,
+    pub api_writes: Family<ApiWriteLabels, Counter>,
+    pub remediation_actions: Family<ActionLabels, Counter>,
+    pub reconcile_seconds: Family<ControllerLabels, Histogram>,
+    pub leader: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -106,6 +134,31 @@ impl Metrics {
             "AlertReports deleted by retention, by reason",
             reports_expired.clone(),
         );
+        let api_writes = Family::<ApiWriteLabels, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Writes to the API server, by kind, operation and result",
+            api_writes.clone(),
+        );
+        let remediation_actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "remediation_actions",
+            "Remediation actions, by action family and the state they reached",
+            remediation_actions.clone(),
+        );
+        let reconcile_seconds =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(reconcile_histogram);
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took, by controller",
+            reconcile_seconds.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and acts, else 0",
+            leader.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             intake_requests,
@@ -115,6 +168,10 @@ impl Metrics {
             queue_incidents,
             report_writes,
             reports_expired,
+            api_writes,
+            remediation_actions,
+            reconcile_seconds,
+            leader,
         }
     }
 
@@ -167,5 +224,79 @@ impl Metrics {
         self.report_writes
             .get_or_create(&WriteLabels { operation, result })
             .inc();
+        self.api_write("AlertReport", operation, result);
+    }
+
+    /// Counts one write to the API server.
+    pub fn api_write(&self, kind: &'static str, operation: &'static str, result: &'static str) {
+        self.api_writes
+            .get_or_create(&ApiWriteLabels {
+                kind,
+                operation,
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a remediation action reaching `state`.
+    pub fn action(&self, action: &'static str, state: &'static str) {
+        self.remediation_actions
+            .get_or_create(&ActionLabels { action, state })
+            .inc();
+    }
+
+    /// Records whether this replica holds the Lease.
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    /// Times a reconcile of `controller` until the returned guard is dropped.
+    pub fn time_reconcile(&self, controller: &'static str) -> ReconcileTimer {
+        ReconcileTimer {
+            histogram: self
+                .reconcile_seconds
+                .get_or_create(&ControllerLabels { controller })
+                .clone(),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+fn reconcile_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 14))
+}
+
+/// Observes the time since it was made into the reconcile histogram when dropped.
+pub struct ReconcileTimer {
+    histogram: Histogram,
+    start: std::time::Instant,
+}
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        self.histogram.observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_the_dashboard_shows_is_exposed() {
+        let metrics = Metrics::new();
+        metrics.write("create", "ok");
+        metrics.action("isolate", "succeeded");
+        metrics.set_leader(true);
+        drop(metrics.time_reconcile("reports"));
+        let text = metrics.encode();
+        for line in [
+            "peregrine_api_writes_total{kind=\"AlertReport\",operation=\"create\",result=\"ok\"} 1",
+            "peregrine_remediation_actions_total{action=\"isolate\",state=\"succeeded\"} 1",
+            "peregrine_leader 1",
+            "peregrine_reconcile_duration_seconds_count{controller=\"reports\"} 1",
+        ] {
+            assert!(text.contains(line), "missing {line} in:\n{text}");
+        }
     }
 }
