@@ -75,10 +75,10 @@ fn every_catalog_rule_is_answered_specifically_with_containment_and_tuning() {
                 .filter_map(|m| m.technique_id.as_deref())
                 .collect();
             for tag in &rule.tags {
-                if let Some(id) = technique_id(tag) {
-                    if !ids.contains(&id) {
-                        problems.push(format!("technique {id} of the tags is missing"));
-                    }
+                if let Some(id) = technique_id(tag)
+                    && !ids.contains(&id)
+                {
+                    problems.push(format!("technique {id} of the tags is missing"));
                 }
             }
             if a.mitigations.len() < 3 {

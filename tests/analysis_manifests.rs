@@ -65,10 +65,10 @@ async fn every_emitted_manifest_is_accepted_by_the_api_server() -> Result<()> {
                 .iter()
                 .filter(|m| m.category != MitigationCategory::Tune)
             {
-                if let Some(yaml) = &m.manifest {
-                    if manifests.insert(yaml.clone()) {
-                        *per_source.entry(rule.source.clone()).or_default() += 1;
-                    }
+                if let Some(yaml) = &m.manifest
+                    && manifests.insert(yaml.clone())
+                {
+                    *per_source.entry(rule.source.clone()).or_default() += 1;
                 }
             }
         }

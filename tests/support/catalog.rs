@@ -1,4 +1,6 @@
 //! The upstream rule catalog, and alerts built from its output templates.
+//! Shared by several test binaries, each using part of it.
+#![allow(dead_code)]
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -44,10 +46,11 @@ pub fn template_fields(output: &str) -> Vec<String> {
             {
                 j += 1;
             }
-            if j < bytes.len() && bytes[j] == b'[' {
-                if let Some(close) = output[j..].find(']') {
-                    j += close + 1;
-                }
+            if j < bytes.len()
+                && bytes[j] == b'['
+                && let Some(close) = output[j..].find(']')
+            {
+                j += close + 1;
             }
             let name = output[start..j].trim_end_matches('.').to_string();
             if !name.is_empty() && !fields.contains(&name) {
