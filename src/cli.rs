@@ -114,6 +114,36 @@ pub struct RunArgs {
     /// How often retention runs.
     #[arg(long, default_value = "1m", value_parser = parse_duration, env = "PEREGRINE_RETENTION_INTERVAL")]
     pub retention_interval: Duration,
+
+    /// Namespaces remediation never acts on (comma-separated). The operator's
+    /// namespace is always added; add Falco's here if it is not `falco`.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease,falco",
+        env = "PEREGRINE_PROTECTED_NAMESPACES"
+    )]
+    pub protected_namespaces: Vec<String>,
+    /// Destructive actions (DeletePod, ScaleToZero, CordonNode) allowed per minute, cluster-wide.
+    #[arg(long, default_value_t = 5, env = "PEREGRINE_DESTRUCTIVE_BUDGET")]
+    pub destructive_budget: u32,
+    /// Actions within --circuit-breaker-window past which every policy behaves as
+    /// DryRun until an admin deletes the ConfigMap peregrine-circuit-breaker.
+    #[arg(
+        long,
+        default_value_t = 20,
+        env = "PEREGRINE_CIRCUIT_BREAKER_THRESHOLD"
+    )]
+    pub circuit_breaker_threshold: u32,
+    /// The window of --circuit-breaker-threshold.
+    #[arg(long, default_value = "1m", value_parser = parse_duration, env = "PEREGRINE_CIRCUIT_BREAKER_WINDOW")]
+    pub circuit_breaker_window: Duration,
+    /// Name of the Lease (in the operator's namespace) whose holder executes remediations.
+    #[arg(long, default_value = "peregrine-leader", env = "PEREGRINE_LEASE_NAME")]
+    pub lease_name: String,
+    /// How long the Lease lasts without renewal: how long actions pause when the leader dies.
+    #[arg(long, default_value = "15s", value_parser = parse_duration, env = "PEREGRINE_LEASE_DURATION")]
+    pub lease_duration: Duration,
 }
 
 impl RunArgs {

@@ -76,6 +76,7 @@ pub struct Metrics {
     pub remediation_actions: Family<ActionLabels, Counter>,
     pub reconcile_seconds: Family<ControllerLabels, Histogram>,
     pub leader: Gauge,
+    pub circuit_breaker_open: Gauge,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -159,8 +160,15 @@ impl Metrics {
             "1 while this replica holds the Lease and acts, else 0",
             leader.clone(),
         );
+        let circuit_breaker_open = Gauge::default();
+        registry.register(
+            "remediation_circuit_breaker_open",
+            "1 while the circuit breaker holds every remediation policy in DryRun",
+            circuit_breaker_open.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
+            circuit_breaker_open,
             intake_requests,
             alerts_accepted,
             alerts_dropped,

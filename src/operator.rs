@@ -65,6 +65,8 @@ pub enum RunError {
     ClusterCache(#[from] cluster::CacheError),
     #[error(transparent)]
     ReportCache(#[from] CacheNotReady),
+    #[error(transparent)]
+    Leader(#[from] crate::leader::LeaderError),
     #[error("an operator task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
 }
@@ -159,6 +161,35 @@ pub async fn start(
             None
         }
     };
+    let leadership = crate::leader::Leadership::start(
+        client.clone(),
+        crate::leader::LeaseConfig {
+            namespace: operator_namespace.clone(),
+            name: args.lease_name.clone(),
+            duration: args.lease_duration,
+        },
+        shutdown.clone(),
+    )
+    .await?;
+    let mut protected_namespaces = args.protected_namespaces.clone();
+    protected_namespaces.push(operator_namespace.clone());
+    let (remediator, remediation_task) = crate::remediation::Remediator::start(
+        client.clone(),
+        crate::remediation::RemediationConfig {
+            operator_namespace: operator_namespace.clone(),
+            protected_namespaces,
+            limits: crate::remediation::limits::LimitConfig {
+                destructive_budget: args.destructive_budget,
+                breaker_threshold: args.circuit_breaker_threshold,
+                breaker_window: args.circuit_breaker_window,
+            },
+        },
+        leadership,
+        reports.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    );
+    let protect = remediator.protect(protect);
     let bounds = Bounds::default();
     let queue = Arc::new(Queue::new(
         args.queue_capacity,
@@ -246,6 +277,7 @@ pub async fn start(
         writer_stop.cancel();
         writer_task.await?;
         retention_task.await?;
+        remediation_task.await?;
         health_stop.cancel();
         health_task.await??;
         tracing::info!("stopped");

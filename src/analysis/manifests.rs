@@ -151,6 +151,67 @@ fn network_policy(inputs: &Inputs<'_>, isolation: Isolation) -> Option<Generated
     })
 }
 
+/// The NetworkPolicy that isolates the incident's workload, as an object:
+/// what the `Isolate` remediation applies. It selects the workload's pods by
+/// their shared labels (the per-pod ones left out); the second value is the
+/// quarantine label to put on the pod first when it has no labels.
+pub fn isolation_policy(
+    inputs: &Inputs<'_>,
+    ingress: bool,
+    egress: bool,
+    allow_dns: bool,
+) -> Option<(NetworkPolicy, Option<(String, String)>)> {
+    let namespace = inputs.subject.namespace.clone()?;
+    let (match_labels, prerequisite) = workload_selector(inputs)?;
+    let quarantine = prerequisite.and_then(|_| {
+        match_labels
+            .get(QUARANTINE_LABEL)
+            .map(|v| (QUARANTINE_LABEL.to_string(), v.clone()))
+    });
+    let base = workload_name(inputs).unwrap_or("pod");
+    let mut types = Vec::new();
+    if ingress {
+        types.push("Ingress".to_string());
+    }
+    if egress {
+        types.push("Egress".to_string());
+    }
+    let dns = NetworkPolicyEgressRule {
+        ports: Some(
+            ["UDP", "TCP"]
+                .iter()
+                .map(|proto| NetworkPolicyPort {
+                    port: Some(IntOrString::Int(53)),
+                    protocol: Some((*proto).into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        to: None,
+    };
+    let policy = NetworkPolicy {
+        metadata: ObjectMeta {
+            name: Some(object_name("peregrine-isolate", base)),
+            namespace: Some(namespace),
+            labels: Some(BTreeMap::from([(
+                "app.kubernetes.io/managed-by".to_string(),
+                "peregrine".to_string(),
+            )])),
+            ..Default::default()
+        },
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(LabelSelector {
+                match_labels: Some(match_labels),
+                ..Default::default()
+            }),
+            policy_types: Some(types),
+            ingress: ingress.then(Vec::new),
+            egress: egress.then(|| if allow_dns { vec![dns] } else { vec![] }),
+        }),
+    };
+    Some((policy, quarantine))
+}
+
 fn pod_security(inputs: &Inputs<'_>) -> Option<Generated> {
     let namespace = inputs
         .subject

@@ -58,7 +58,7 @@ pub fn verify_pod(
     let Some((namespace, name)) = named_pod(report) else {
         return Verdict::Skipped("the alert names no pod (no k8s.ns.name and k8s.pod.name)".into());
     };
-    if protected.iter().any(|p| *p == namespace) {
+    if protected.contains(&namespace) {
         return Verdict::Skipped(format!(
             "namespace {namespace} is protected: Peregrine never acts there (see --protected-namespaces)"
         ));

@@ -1,0 +1,492 @@
+//! Remediation policies answer AlertReports on the real local control plane:
+//! what each action does, what is refused, and how it is undone.
+//!
+//! The operator watches every namespace, so the tests of this file run one
+//! at a time (one operator at a time).
+
+#[path = "support/operator.rs"]
+mod support;
+
+use anyhow::Context as _;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use peregrine::crd::{AlertReport, RemediationPolicy, RemediationRecord, RemediationState};
+use peregrine_testenv::{
+    ControlPlane, TestNamespace, bind_pod, create_node, mark_pod_running, poll_for, poll_until,
+    unique_name,
+};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use support::*;
+
+/// Changes a correct alert into a forged one.
+type Forge = Box<dyn Fn(&mut Value)>;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A namespace with a Deployment whose one pod runs on a node, as a kubelet would report it.
+struct Scene {
+    client: Client,
+    ns: TestNamespace,
+    node: String,
+    pod: Pod,
+}
+
+impl Scene {
+    async fn new(cp: &ControlPlane, prefix: &str, deployment_name: &str) -> anyhow::Result<Scene> {
+        let client = cp.client().await?;
+        let ns = TestNamespace::create(&client, prefix).await?;
+        let node = unique_name("worker");
+        create_node(&client, &node).await?;
+        let pods = deployment(&client, ns.name(), deployment_name, 1).await?;
+        bind_pod(&client, ns.name(), &pods[0], &node).await?;
+        let pod = mark_pod_running(&client, ns.name(), &pods[0]).await?;
+        Ok(Scene {
+            client,
+            ns,
+            node,
+            pod,
+        })
+    }
+
+    /// The alert Falco would send about this pod: uid, container id and node all right.
+    fn alert(&self) -> Value {
+        alert_about(&self.pod, &self.node)
+    }
+
+    async fn policy(&self, name: &str, spec: Value) -> anyhow::Result<()> {
+        let api: Api<RemediationPolicy> = Api::namespaced(self.client.clone(), self.ns.name());
+        let policy: RemediationPolicy = serde_json::from_value(json!({
+            "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": name, "namespace": self.ns.name()},
+            "spec": spec,
+        }))?;
+        api.patch(
+            name,
+            &PatchParams::apply("peregrine-tests").force(),
+            &Patch::Apply(&policy),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn pods(&self) -> anyhow::Result<Vec<Pod>> {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), self.ns.name());
+        Ok(api.list(&ListParams::default()).await?.items)
+    }
+}
+
+fn alert_about(pod: &Pod, node: &str) -> Value {
+    let ns = pod.namespace().unwrap_or_default();
+    let mut alert = shell_alert(&ns, &pod.name_any(), node);
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.clone())
+        .unwrap_or_default();
+    let id = id.rsplit_once("://").map_or(id.as_str(), |(_, i)| i);
+    alert["output_fields"]["container.id"] = json!(&id[..12.min(id.len())]);
+    alert["output_fields"]["k8s.pod.uid"] = json!(pod.uid());
+    alert
+}
+
+async fn start_operator(
+    cp: &ControlPlane,
+    extra: &[&str],
+) -> anyhow::Result<(Operator, TestNamespace)> {
+    let client = cp.client().await?;
+    let home = TestNamespace::create(&client, "peregrine").await?;
+    let mut args = vec!["--intake-allow-unauthenticated", "--lease-duration", "3s"];
+    args.extend_from_slice(extra);
+    let operator = Operator::start(cp, home.name(), &args).await?;
+    Ok((operator, home))
+}
+
+fn records(report: &AlertReport) -> Vec<RemediationRecord> {
+    report
+        .status
+        .as_ref()
+        .map(|s| s.remediations.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the namespace's one report has records satisfying `done`.
+async fn wait_records(
+    client: &Client,
+    namespace: &str,
+    what: &str,
+    done: impl Fn(&[RemediationRecord]) -> bool,
+) -> anyhow::Result<AlertReport> {
+    poll_for(what, WAIT, || async {
+        let found = reports(client, namespace).await?;
+        Ok::<_, anyhow::Error>(found.into_iter().find(|r| done(&records(r))))
+    })
+    .await
+    .with_context(|| format!("waiting for: {what}"))
+}
+
+fn state_of(records: &[RemediationRecord], action: &str) -> Option<RemediationState> {
+    records.iter().find(|r| r.action == action).map(|r| r.state)
+}
+
+async fn annotate(client: &Client, report: &AlertReport, key: &str) -> anyhow::Result<()> {
+    let api: Api<AlertReport> =
+        Api::namespaced(client.clone(), &report.namespace().unwrap_or_default());
+    api.patch(
+        &report.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {key: "true"}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn enforced_label_isolate_and_delete_act_on_the_verified_pod_and_expire() -> anyhow::Result<()>
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let scene = Scene::new(cp, "enforce", "web").await?;
+    let (operator, _home) = start_operator(cp, &[]).await?;
+    scene
+        .policy(
+            "contain-shells",
+            json!({
+                "mode": "Enforce",
+                "match": {"rules": ["Terminal shell*"], "minPriority": "Notice", "tags": ["shell"],
+                          "podSelector": {"matchLabels": {"app": "web"}},
+                          "outputFields": [{"field": "proc.name", "operator": "In", "values": ["bash", "sh"]}]},
+                "actions": [
+                    {"type": "Label", "labels": {"peregrine.dev/quarantine": "true"}, "expireAfter": "3s"},
+                    {"type": "Isolate", "expireAfter": "3s"},
+                    {"type": "DeletePod", "gracePeriodSeconds": 0}
+                ]
+            }),
+        )
+        .await?;
+    let original_uid = scene.pod.uid().unwrap_or_default();
+    let started = Instant::now();
+    let mut intake = operator.client(None);
+    post(&mut intake, &scene.alert()).await?;
+
+    let report = wait_records(
+        &scene.client,
+        scene.ns.name(),
+        "the three actions succeed",
+        |r| r.len() == 3 && r.iter().all(|r| r.state == RemediationState::Succeeded),
+    )
+    .await?;
+    eprintln!("alert to three actions succeeded: {:?}", started.elapsed());
+    let records = records(&report);
+    assert!(
+        records[2].reason.contains(&original_uid),
+        "{}",
+        records[2].reason
+    );
+    // The NetworkPolicy selects the workload's pods and belongs to the report.
+    let nps: Api<NetworkPolicy> = Api::namespaced(scene.client.clone(), scene.ns.name());
+    let np = nps.get("peregrine-isolate-web").await?;
+    let spec = np.spec.clone().unwrap_or_default();
+    assert_eq!(
+        spec.pod_selector.and_then(|s| s.match_labels),
+        Some([("app".to_string(), "web".to_string())].into())
+    );
+    assert_eq!(
+        spec.policy_types,
+        Some(vec!["Ingress".into(), "Egress".into()])
+    );
+    assert_eq!(
+        np.owner_references()[0].uid,
+        report.uid().unwrap_or_default()
+    );
+    // The ReplicaSet replaced the deleted pod.
+    poll_until("a new pod replaces the deleted one", WAIT, || async {
+        let pods = scene.pods().await?;
+        Ok::<_, anyhow::Error>(
+            pods.iter()
+                .all(|p| p.uid().as_deref() != Some(original_uid.as_str()))
+                && pods.iter().any(|p| p.metadata.deletion_timestamp.is_none()),
+        )
+    })
+    .await?;
+    // Expiry undoes the reversible ones.
+    wait_records(
+        &scene.client,
+        scene.ns.name(),
+        "Label and Isolate reverted at expiry",
+        |r| {
+            state_of(r, "Label") == Some(RemediationState::Reverted)
+                && state_of(r, "Isolate") == Some(RemediationState::Reverted)
+        },
+    )
+    .await?;
+    assert!(nps.get_opt("peregrine-isolate-web").await?.is_none());
+    operator.stop().await
+}
+
+#[tokio::test]
+async fn dry_run_records_what_it_would_do_and_changes_nothing() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let scene = Scene::new(cp, "dryrun", "web").await?;
+    let (operator, _home) = start_operator(cp, &[]).await?;
+    scene
+        .policy(
+            "watch-only",
+            json!({"actions": [{"type": "DeletePod"}, {"type": "Label", "labels": {"seen": "true"}}]}),
+        )
+        .await?;
+    let mut intake = operator.client(None);
+    post(&mut intake, &scene.alert()).await?;
+    let report = wait_records(&scene.client, scene.ns.name(), "two DryRun records", |r| {
+        r.len() == 2 && r.iter().all(|r| r.state == RemediationState::DryRun)
+    })
+    .await?;
+    let records = records(&report);
+    assert!(
+        records[0].reason.contains("would DeletePod Pod/"),
+        "{}",
+        records[0].reason
+    );
+    let pod = Api::<Pod>::namespaced(scene.client.clone(), scene.ns.name())
+        .get(&scene.pod.name_any())
+        .await?;
+    assert_eq!(pod.uid(), scene.pod.uid(), "the pod is still there");
+    assert!(!pod.labels().contains_key("seen"));
+    operator.stop().await
+}
+
+#[tokio::test]
+async fn forged_stale_and_protected_alerts_are_refused_with_the_reason() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let (operator, home) = start_operator(cp, &[]).await?;
+    let mut intake = operator.client(None);
+    let policy = json!({"mode": "Enforce", "actions": [{"type": "DeletePod"}]});
+
+    let cases: Vec<(&str, Forge, RemediationState, &str)> = vec![
+        (
+            "uid",
+            Box::new(|a: &mut Value| {
+                a["output_fields"]["k8s.pod.uid"] = json!("00000000-0000-0000-0000-000000000000")
+            }),
+            RemediationState::Rejected,
+            "k8s.pod.uid",
+        ),
+        (
+            "node",
+            Box::new(|a: &mut Value| a["hostname"] = json!("OTHER")),
+            RemediationState::Rejected,
+            "the alert came from node",
+        ),
+        (
+            "container",
+            Box::new(|a: &mut Value| a["output_fields"]["container.id"] = json!("0123456789ab")),
+            RemediationState::Rejected,
+            "container.id",
+        ),
+        (
+            "gone",
+            Box::new(|a: &mut Value| {
+                a["output_fields"]["k8s.pod.name"] = json!("web-does-not-exist")
+            }),
+            RemediationState::Rejected,
+            "does not exist",
+        ),
+    ];
+    for (name, forge, state, reason) in cases {
+        let scene = Scene::new(cp, &format!("forged-{name}"), "web").await?;
+        scene.policy("delete", policy.clone()).await?;
+        let mut alert = scene.alert();
+        if name == "node" {
+            // Another real node: the hostname is a Node's name, but not the pod's.
+            let other = unique_name("worker");
+            create_node(&scene.client, &other).await?;
+            alert["hostname"] = json!(other);
+        } else {
+            forge(&mut alert);
+        }
+        post(&mut intake, &alert).await?;
+        let report = wait_records(
+            &scene.client,
+            scene.ns.name(),
+            &format!("{name}: refused"),
+            |r| !r.is_empty(),
+        )
+        .await?;
+        let r = &records(&report)[0];
+        assert_eq!(r.state, state, "{name}: {}", r.reason);
+        assert!(r.reason.contains(reason), "{name}: {}", r.reason);
+        let pods = scene.pods().await?;
+        assert!(
+            pods.iter().any(|p| p.uid() == scene.pod.uid()),
+            "{name}: the pod was not touched"
+        );
+    }
+
+    // A DaemonSet's pod is skipped by DeletePod.
+    let scene = Scene::new(cp, "daemonset", "web").await?;
+    scene.policy("delete", policy.clone()).await?;
+    let client = scene.client.clone();
+    let ds: Api<k8s_openapi::api::apps::v1::DaemonSet> =
+        Api::namespaced(client.clone(), scene.ns.name());
+    let ds = ds
+        .create(&Default::default(), &serde_json::from_value(json!({
+            "metadata": {"name": "agent"},
+            "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                     "template": {"metadata": {"labels": {"app": "agent"}},
+                                  "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}}}
+        }))?)
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), scene.ns.name());
+    let agent: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "agent-x1", "labels": {"app": "agent"},
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "DaemonSet", "name": "agent",
+                                 "uid": ds.uid(), "controller": true}]},
+        "spec": {"containers": [{"name": "agent", "image": "agent:1"}]}
+    }))?;
+    pods.create(&Default::default(), &agent).await?;
+    bind_pod(&client, scene.ns.name(), "agent-x1", &scene.node).await?;
+    let agent = mark_pod_running(&client, scene.ns.name(), "agent-x1").await?;
+    let mut alert = alert_about(&agent, &scene.node);
+    alert["rule"] = json!("Launch Privileged Container");
+    post(&mut intake, &alert).await?;
+    let report = wait_records(&client, scene.ns.name(), "DaemonSet pod skipped", |r| {
+        r.iter().any(|r| r.reason.contains("DaemonSet"))
+    })
+    .await?;
+    let r = records(&report)
+        .into_iter()
+        .find(|r| r.reason.contains("DaemonSet"))
+        .unwrap();
+    assert_eq!(r.state, RemediationState::Skipped);
+
+    // The operator's own namespace is protected.
+    let api: Api<RemediationPolicy> = Api::namespaced(client.clone(), home.name());
+    api.patch(
+        "delete",
+        &PatchParams::apply("peregrine-tests").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "delete", "namespace": home.name()}, "spec": policy
+        })),
+    )
+    .await?;
+    let pods = deployment(&client, home.name(), "self", 1).await?;
+    bind_pod(&client, home.name(), &pods[0], &scene.node).await?;
+    let own = mark_pod_running(&client, home.name(), &pods[0]).await?;
+    post(&mut intake, &alert_about(&own, &scene.node)).await?;
+    let report = wait_records(&client, home.name(), "protected namespace skipped", |r| {
+        !r.is_empty()
+    })
+    .await?;
+    let r = &records(&report)[0];
+    assert_eq!(r.state, RemediationState::Skipped);
+    assert!(r.reason.contains("protected"), "{}", r.reason);
+    operator.stop().await
+}
+
+#[tokio::test]
+async fn approval_holds_actions_until_the_annotation_and_revert_undoes_them() -> anyhow::Result<()>
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let scene = Scene::new(cp, "approval", "web").await?;
+    let (operator, _home) = start_operator(cp, &[]).await?;
+    scene
+        .policy(
+            "scale-down",
+            json!({"mode": "Enforce", "approval": "Required",
+                   "actions": [{"type": "ScaleToZero"}, {"type": "CordonNode"}, {"type": "Annotate", "annotations": {"peregrine.dev/incident": "open"}}]}),
+        )
+        .await?;
+    let mut intake = operator.client(None);
+    post(&mut intake, &scene.alert()).await?;
+    let report = wait_records(
+        &scene.client,
+        scene.ns.name(),
+        "three PendingApproval",
+        |r| {
+            r.len() == 3
+                && r.iter()
+                    .all(|r| r.state == RemediationState::PendingApproval)
+        },
+    )
+    .await?;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(scene.client.clone(), scene.ns.name());
+    assert_eq!(deployments.get("web").await?.spec.replicas, Some(1));
+    annotate(&scene.client, &report, "peregrine.dev/approve").await?;
+    let report = wait_records(
+        &scene.client,
+        scene.ns.name(),
+        "approved actions succeed",
+        |r| r.len() == 3 && r.iter().all(|r| r.state == RemediationState::Succeeded),
+    )
+    .await?;
+    assert_eq!(deployments.get("web").await?.spec.replicas, Some(0));
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(scene.client.clone());
+    let cordoned = |n: &k8s_openapi::api::core::v1::Node| {
+        n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+    };
+    assert!(cordoned(&nodes.get(&scene.node).await?));
+    annotate(&scene.client, &report, "peregrine.dev/revert").await?;
+    wait_records(&scene.client, scene.ns.name(), "all reverted", |r| {
+        r.iter().all(|r| r.state == RemediationState::Reverted)
+    })
+    .await?;
+    assert_eq!(
+        deployments.get("web").await?.spec.replicas,
+        Some(1),
+        "replicas restored"
+    );
+    assert!(!cordoned(&nodes.get(&scene.node).await?), "node uncordoned");
+    operator.stop().await
+}
+
+#[tokio::test]
+async fn an_invalid_policy_says_which_field_and_becomes_ready_when_fixed() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "invalid").await?;
+    let (operator, _home) = start_operator(cp, &[]).await?;
+    let api: Api<RemediationPolicy> = Api::namespaced(client.clone(), ns.name());
+    let apply = |expire: &str| {
+        json!({"apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+               "metadata": {"name": "p", "namespace": ns.name()},
+               "spec": {"actions": [{"type": "DeletePod"}, {"type": "Label", "labels": {"q": "1"}, "expireAfter": expire}]}})
+    };
+    let pp = PatchParams::apply("peregrine-tests").force();
+    api.patch("p", &pp, &Patch::Apply(&apply("soon"))).await?;
+    let ready = |api: Api<RemediationPolicy>, want: &'static str| async move {
+        poll_for(&format!("Ready={want}"), WAIT, || async {
+            let p = api.get("p").await?;
+            let c = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+            Ok::<_, anyhow::Error>(
+                c.filter(|c| c.status == want && c.observed_generation == p.metadata.generation),
+            )
+        })
+        .await
+    };
+    let c = ready(api.clone(), "False").await?;
+    assert_eq!(c.reason, "Invalid");
+    assert!(
+        c.message.starts_with("spec.actions[1].expireAfter:"),
+        "{}",
+        c.message
+    );
+    api.patch("p", &pp, &Patch::Apply(&apply("10m"))).await?;
+    let c = ready(api.clone(), "True").await?;
+    assert_eq!(c.reason, "Valid");
+    operator.stop().await
+}
