@@ -325,6 +325,56 @@ mod tests {
         );
     }
 
+    /// Strings an attacker may put in a rule name or field: random lengths
+    /// and characters from ASCII, punctuation, whitespace and other scripts.
+    fn hostile_strings() -> Vec<String> {
+        let alphabet: Vec<char> = "aZ09 -_./:\\\"'<>|&;$()\n\t\u{0}éß漢字🙂—\u{200b}"
+            .chars()
+            .collect();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        (0..2000)
+            .map(|_| {
+                let len = (next() % 300) as usize;
+                (0..len)
+                    .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn names_and_labels_are_valid_for_any_input() {
+        for text in hostile_strings() {
+            let name = report_name(
+                &text,
+                &fingerprint(&text, "syscall", &Scope::Source { actor: None }),
+            );
+            assert!(crate::falco::is_dns_label(&name), "{name:?} from {text:?}");
+            let label = label_value(&text);
+            assert!(label.len() <= 63, "{label:?}");
+            assert!(
+                label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+                "{label:?} from {text:?}"
+            );
+            assert!(
+                label.is_empty()
+                    || (label.starts_with(|c: char| c.is_ascii_alphanumeric())
+                        && label.ends_with(|c: char| c.is_ascii_alphanumeric())),
+                "{label:?} from {text:?}"
+            );
+            let rule_label = slug(&text, 63);
+            assert!(crate::falco::is_dns_label(&rule_label), "{rule_label:?}");
+        }
+    }
+
     #[test]
     fn label_values_are_valid_and_distinct_when_long() {
         let long_a = format!("{}a", "x".repeat(80));

@@ -60,7 +60,13 @@ impl Arrival {
         let scope = fingerprint::scope_of(&alert, &subject, guessed.as_ref());
         let fingerprint = fingerprint::fingerprint(&alert.rule, &alert.source, &scope);
         let key = ReportKey {
-            namespace: scope.namespace().unwrap_or(operator_namespace).to_string(),
+            // A namespace that cannot exist (the alert is forged or garbled)
+            // would be refused by the API server forever.
+            namespace: scope
+                .namespace()
+                .filter(|ns| crate::falco::is_dns_label(ns))
+                .unwrap_or(operator_namespace)
+                .to_string(),
             name: fingerprint::report_name(&alert.rule, &fingerprint),
         };
         let observation = Observation::new(&alert, &subject, received, bounds);
@@ -191,6 +197,24 @@ mod tests {
             status: Box::new(status),
             count,
         }
+    }
+
+    #[test]
+    fn a_namespace_that_cannot_exist_sends_the_report_to_the_operators_namespace() {
+        let alert = crate::falco::parse(
+            br#"{"rule":"R","priority":"Notice","output_fields":{"k8s.ns.name":"../Etc","k8s.pod.name":"p"}}"#,
+        )
+        .unwrap();
+        let subject = crate::falco::subject_of(&alert);
+        let arrival = Arrival::new(
+            alert,
+            subject,
+            None,
+            "op",
+            jiff::Timestamp::now(),
+            &Bounds::default(),
+        );
+        assert_eq!(arrival.key.namespace, "op");
     }
 
     #[test]

@@ -75,6 +75,20 @@ pub enum WriteError {
     TimedOut(Duration),
 }
 
+impl WriteError {
+    /// The API server refused the object itself (400, 422): sending it again
+    /// cannot succeed. Permissions (403) and missing namespaces (404) can be
+    /// fixed by an admin, so those are retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            WriteError::Create { source, .. } | WriteError::Status { source, .. } => {
+                matches!(source, kube::Error::Api(s) if s.code == 400 || s.is_invalid())
+            }
+            _ => false,
+        }
+    }
+}
+
 fn forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.is_forbidden())
 }
@@ -215,6 +229,14 @@ impl Writer {
             })
             .buffer_unordered(self.config.concurrency.max(1))
             .for_each(|(mut pending, result)| async move {
+                if let Err(error) = &result
+                    && error.is_permanent()
+                {
+                    self.metrics
+                        .drop("rejected_by_api", pending.priority(), pending.delta.count);
+                    tracing::error!(report = %pending.key, %error, alerts = pending.delta.count, "the API server refuses this report: its alerts are dropped");
+                    return;
+                }
                 if let Err(error) = result {
                     pending.attempts = pending.attempts.saturating_add(1);
                     let backoff = backoff(pending.attempts);
