@@ -490,3 +490,127 @@ async fn an_invalid_policy_says_which_field_and_becomes_ready_when_fixed() -> an
     assert_eq!(c.reason, "Valid");
     operator.stop().await
 }
+
+#[tokio::test]
+async fn two_operators_only_the_lease_holder_acts_and_the_other_takes_over_without_repeating()
+-> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let home = TestNamespace::create(&client, "peregrine-ha").await?;
+    let args = ["--intake-allow-unauthenticated", "--lease-duration", "3s"];
+    let first = Operator::start(cp, home.name(), &args).await?;
+    let second = Operator::start(cp, home.name(), &args).await?;
+    let scene = Scene::new(cp, "ha", "web").await?;
+    scene
+        .policy(
+            "label",
+            json!({"mode": "Enforce", "actions": [{"type": "Label", "labels": {"contained": "true"}}]}),
+        )
+        .await?;
+    // Both accept alerts; one acts once.
+    post(&mut first.client(None), &scene.alert()).await?;
+    post(&mut second.client(None), &scene.alert()).await?;
+    let report = wait_records(&scene.client, scene.ns.name(), "one Label record", |r| {
+        r.len() == 1 && r[0].state == RemediationState::Succeeded
+    })
+    .await?;
+    assert_eq!(records(&report).len(), 1, "the action was recorded once");
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), home.name());
+    let holder = |l: k8s_openapi::api::coordination::v1::Lease| {
+        l.spec.and_then(|s| s.holder_identity).unwrap_or_default()
+    };
+    let before = holder(leases.get("peregrine-leader").await?);
+    // Stop the operators one by one; whichever held the lease, the other takes over.
+    first.stop().await?;
+    let taken_over = Instant::now();
+    poll_until("a lease holder after the first stopped", WAIT, || async {
+        let now = holder(leases.get("peregrine-leader").await?);
+        Ok::<_, anyhow::Error>(
+            !now.is_empty() && (now != before || taken_over.elapsed() > Duration::from_secs(1)),
+        )
+    })
+    .await?;
+    let second_scene = Scene::new(cp, "ha-after", "web").await?;
+    second_scene
+        .policy(
+            "label",
+            json!({"mode": "Enforce", "actions": [{"type": "Label", "labels": {"contained": "true"}}]}),
+        )
+        .await?;
+    post(&mut second.client(None), &second_scene.alert()).await?;
+    wait_records(
+        &second_scene.client,
+        second_scene.ns.name(),
+        "the remaining operator acts",
+        |r| r.len() == 1 && r[0].state == RemediationState::Succeeded,
+    )
+    .await?;
+    eprintln!(
+        "take-over and action after the first operator stopped: {:?}",
+        taken_over.elapsed()
+    );
+    // The first report was not acted on again.
+    let again = reports(&scene.client, scene.ns.name()).await?;
+    assert_eq!(records(&again[0]).len(), 1);
+    assert_eq!(
+        records(&again[0])[0].updated_at,
+        records(&report)[0].updated_at
+    );
+    second.stop().await
+}
+
+#[tokio::test]
+async fn the_rate_limit_stops_a_flood_across_many_pods() -> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let (operator, home) = start_operator(cp, &[]).await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "flood").await?;
+    let node = unique_name("worker");
+    create_node(&client, &node).await?;
+    let api: Api<RemediationPolicy> = Api::namespaced(client.clone(), ns.name());
+    api.patch(
+        "label",
+        &PatchParams::apply("peregrine-tests").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "label", "namespace": ns.name()},
+            "spec": {"mode": "Enforce", "rateLimit": {"maxActions": 3, "per": "1m"},
+                     "actions": [{"type": "Label", "labels": {"contained": "true"}}]}
+        })),
+    )
+    .await?;
+    let mut intake = operator.client(None);
+    // Ten workloads, one alert each: ten reports.
+    for i in 0..10 {
+        let name = format!("app{i}");
+        let pods = deployment(&client, ns.name(), &name, 1).await?;
+        bind_pod(&client, ns.name(), &pods[0], &node).await?;
+        let pod = mark_pod_running(&client, ns.name(), &pods[0]).await?;
+        post(&mut intake, &alert_about(&pod, &node)).await?;
+    }
+    let all = poll_for("ten decided reports", WAIT, || async {
+        let found = reports(&client, ns.name()).await?;
+        let decided: Vec<RemediationRecord> = found
+            .iter()
+            .flat_map(records)
+            .filter(|r| r.state != RemediationState::Running)
+            .collect();
+        Ok::<_, anyhow::Error>((decided.len() == 10).then_some(decided))
+    })
+    .await?;
+    let succeeded = all
+        .iter()
+        .filter(|r| r.state == RemediationState::Succeeded)
+        .count();
+    let limited = all
+        .iter()
+        .filter(|r| r.state == RemediationState::Skipped && r.reason.contains("rate limit"))
+        .count();
+    assert_eq!(succeeded, 3, "{all:#?}");
+    assert_eq!(limited, 7, "{all:#?}");
+    let _ = home;
+    operator.stop().await
+}
