@@ -247,6 +247,12 @@ async fn chart_lints_and_renders_objects_the_api_server_accepts() -> anyhow::Res
             "{what} values: not every object was accepted:\n{out}"
         );
     }
+    let examples = std::fs::read_to_string(repo().join("deploy/examples/policies.yaml"))?
+        .replace("namespace: shop", &format!("namespace: {}", ns.name()));
+    ok(
+        kubectl(cp).args(["apply", "--dry-run=server", "-f", "-"]),
+        Some(&examples),
+    );
     let default_kinds = kinds(&default);
     for kind in ["Deployment", "ServiceAccount", "NetworkPolicy", "ConfigMap"] {
         assert!(
