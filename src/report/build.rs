@@ -112,7 +112,10 @@ pub fn labels(first: &FirstAlert, severity: Severity) -> BTreeMap<String, String
 
 /// The output fields, keys exactly as sent, long values cut, within the
 /// bounds on their number and total size.
-fn bounded_fields(fields: &Map<String, Value>, bounds: &EventBounds) -> Map<String, Value> {
+pub(crate) fn bounded_fields(
+    fields: &Map<String, Value>,
+    bounds: &EventBounds,
+) -> Map<String, Value> {
     let mut out = Map::new();
     let mut used = 0;
     for (k, v) in fields.iter().take(bounds.fields) {

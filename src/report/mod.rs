@@ -45,7 +45,7 @@ impl Arrival {
     /// Assigns an enriched alert to its incident. `operator_namespace` holds
     /// the reports of alerts that belong to no namespace.
     pub fn new(
-        alert: Alert,
+        mut alert: Alert,
         subject: Subject,
         pod: Option<PodContext>,
         operator_namespace: &str,
@@ -70,6 +70,10 @@ impl Arrival {
             name: fingerprint::report_name(&alert.rule, &fingerprint),
         };
         let observation = Observation::new(&alert, &subject, received, bounds);
+        // What waits in the queue is what a report keeps: a few KiB per incident.
+        let event_bounds = build::EventBounds::default();
+        alert.output = aggregate::truncate(&alert.output, event_bounds.output);
+        alert.output_fields = build::bounded_fields(&alert.output_fields, &event_bounds);
         Arrival {
             alert,
             subject,
