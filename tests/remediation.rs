@@ -614,3 +614,198 @@ async fn the_rate_limit_stops_a_flood_across_many_pods() -> anyhow::Result<()> {
     let _ = home;
     operator.stop().await
 }
+
+/// The events.k8s.io Events about `name` (of `kind`) in `namespace`.
+async fn events_about(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<Vec<k8s_openapi::api::events::v1::Event>> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), namespace);
+    Ok(api
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.regarding
+                .as_ref()
+                .is_some_and(|r| r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name))
+        })
+        .collect())
+}
+
+/// The value of an unlabelled metric in a scrape, if present.
+fn metric(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[tokio::test]
+async fn a_flood_opens_the_circuit_breaker_and_deleting_its_configmap_resets_it()
+-> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let (operator, home) = start_operator(
+        cp,
+        &[
+            "--circuit-breaker-threshold",
+            "3",
+            "--circuit-breaker-window",
+            "10m",
+        ],
+    )
+    .await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "breaker").await?;
+    let node = unique_name("worker");
+    create_node(&client, &node).await?;
+    let api: Api<RemediationPolicy> = Api::namespaced(client.clone(), ns.name());
+    api.patch(
+        "label",
+        &PatchParams::apply("peregrine-tests").force(),
+        &Patch::Apply(&json!({
+            "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+            "metadata": {"name": "label", "namespace": ns.name()},
+            "spec": {"mode": "Enforce",
+                     "actions": [{"type": "Label", "labels": {"contained": "true"}}]}
+        })),
+    )
+    .await?;
+    let mut intake = operator.client(None);
+    let mut pods = Vec::new();
+    for i in 0..7 {
+        let name = format!("app{i}");
+        let names = deployment(&client, ns.name(), &name, 1).await?;
+        bind_pod(&client, ns.name(), &names[0], &node).await?;
+        pods.push(mark_pod_running(&client, ns.name(), &names[0]).await?);
+    }
+    // Six workloads alert at once: three actions pass, then the breaker opens.
+    for pod in &pods[..6] {
+        post(&mut intake, &alert_about(pod, &node)).await?;
+    }
+    let all = poll_for("six decided records", WAIT, || async {
+        let decided: Vec<RemediationRecord> = reports(&client, ns.name())
+            .await?
+            .iter()
+            .flat_map(records)
+            .filter(|r| r.state != RemediationState::Running)
+            .collect();
+        Ok::<_, anyhow::Error>((decided.len() == 6).then_some(decided))
+    })
+    .await?;
+    let succeeded = all
+        .iter()
+        .filter(|r| r.state == RemediationState::Succeeded)
+        .count();
+    let held: Vec<&RemediationRecord> = all
+        .iter()
+        .filter(|r| r.state == RemediationState::DryRun)
+        .collect();
+    assert_eq!(succeeded, 3, "{all:#?}");
+    assert_eq!(held.len(), 3, "{all:#?}");
+    for r in &held {
+        assert!(r.reason.contains("circuit breaker"), "{}", r.reason);
+    }
+    let labelled = Api::<Pod>::namespaced(client.clone(), ns.name())
+        .list(&ListParams::default().labels("contained=true"))
+        .await?
+        .items
+        .len();
+    assert_eq!(labelled, 3, "only the admitted actions touched pods");
+
+    // It says so: ConfigMap, Event, policy condition, metric.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(client.clone(), home.name());
+    let cm = cms.get("peregrine-circuit-breaker").await?;
+    let data = cm.data.clone().unwrap_or_default();
+    assert_eq!(data.get("state").map(String::as_str), Some("Open"));
+    assert!(
+        data.get("reset")
+            .is_some_and(|r| r.contains("delete configmap peregrine-circuit-breaker")),
+        "{data:?}"
+    );
+    let event = poll_for("a CircuitBreakerOpen Event", WAIT, || async {
+        let events = events_about(
+            &client,
+            home.name(),
+            "ConfigMap",
+            "peregrine-circuit-breaker",
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(
+            events
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("CircuitBreakerOpen")),
+        )
+    })
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event.note.as_deref().unwrap_or_default().contains("Reset:"),
+        "{:?}",
+        event.note
+    );
+    let condition = poll_for("the CircuitBreakerOpen condition", WAIT, || async {
+        let p = api.get("label").await?;
+        Ok::<_, anyhow::Error>(p.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "CircuitBreakerOpen" && c.status == "True")
+        }))
+    })
+    .await?;
+    assert!(
+        condition.message.contains("circuit breaker"),
+        "{}",
+        condition.message
+    );
+    let scrape = metrics_of(&operator).await?;
+    assert_eq!(
+        metric(&scrape, "peregrine_remediation_circuit_breaker_open"),
+        Some(1.0),
+        "{scrape}"
+    );
+
+    // An admin resets it; actions resume.
+    cms.delete("peregrine-circuit-breaker", &Default::default())
+        .await?;
+    poll_until("the breaker metric back to 0", WAIT, || async {
+        let scrape = metrics_of(&operator).await?;
+        Ok::<_, anyhow::Error>(
+            metric(&scrape, "peregrine_remediation_circuit_breaker_open") == Some(0.0),
+        )
+    })
+    .await?;
+    poll_until("the CircuitBreakerOpen condition gone", WAIT, || async {
+        let p = api.get("label").await?;
+        Ok::<_, anyhow::Error>(
+            p.status
+                .is_some_and(|s| !s.conditions.iter().any(|c| c.type_ == "CircuitBreakerOpen")),
+        )
+    })
+    .await?;
+    post(&mut intake, &alert_about(&pods[6], &node)).await?;
+    let pod_name = pods[6].name_any();
+    poll_until("the seventh workload is labelled", WAIT, || async {
+        let found = reports(&client, ns.name()).await?;
+        let done = found.iter().any(|r| {
+            r.spec.subject.pod.as_deref() == Some(pod_name.as_str())
+                && records(r)
+                    .iter()
+                    .any(|r| r.state == RemediationState::Succeeded)
+        });
+        Ok::<_, anyhow::Error>(done)
+    })
+    .await?;
+    let pod = Api::<Pod>::namespaced(client.clone(), ns.name())
+        .get(&pod_name)
+        .await?;
+    assert_eq!(
+        pod.labels().get("contained").map(String::as_str),
+        Some("true")
+    );
+    operator.stop().await
+}
