@@ -224,6 +224,24 @@ async fn a_new_incident_on_a_workload_is_correlated_into_the_earlier_ones() -> a
         correlation.iter().any(|c| c.report == shell_report),
         "{correlation:?}"
     );
+
+    // The severity label follows the analysis, which the new incident changed.
+    wait_for_reports(
+        &client,
+        ns.name(),
+        "severity labels matching the analyses",
+        |r| {
+            r.iter().all(|r| {
+                let analysed = r
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.analysis.as_ref())
+                    .map(|a| format!("{:?}", a.severity));
+                analysed.as_deref() == r.labels().get("peregrine.dev/severity").map(String::as_str)
+            })
+        },
+    )
+    .await?;
     operator.stop().await
 }
 

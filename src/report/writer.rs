@@ -15,7 +15,9 @@
 use super::aggregate::{self, Bounds};
 use super::build::{self, EventBounds};
 use super::cache::ReportCache;
-use super::fingerprint::{LABEL_WORKLOAD_KIND, LABEL_WORKLOAD_NAME, severity_of_priority};
+use super::fingerprint::{
+    LABEL_SEVERITY, LABEL_WORKLOAD_KIND, LABEL_WORKLOAD_NAME, severity_label, severity_of_priority,
+};
 use super::{FirstAlert, InDoubt, Pending, ReportKey};
 use crate::analysis::{Context, RelatedIncident};
 use crate::cluster::ClusterCache;
@@ -326,6 +328,7 @@ impl Writer {
                     if created {
                         self.refresh_related(&key, &updated, &related).await;
                     }
+                    let updated = self.keep_severity_label(&key, updated).await;
                     self.remember(&key, updated, related_names);
                     return Ok(());
                 }
@@ -489,6 +492,7 @@ impl Writer {
             Ok(updated) => {
                 self.metrics.write("status", "ok");
                 let names = related.iter().map(|r| r.report.clone()).collect();
+                let updated = self.keep_severity_label(key, updated).await;
                 self.remember(key, updated, names);
                 Ok(())
             }
@@ -504,6 +508,53 @@ impl Writer {
                     key: key.clone(),
                     source,
                 })
+            }
+        }
+    }
+
+    /// Re-applies the labels when the analysis changed the severity, so
+    /// `-l peregrine.dev/severity=...` keeps selecting what the status says.
+    /// Best effort: returns the report as it now is.
+    async fn keep_severity_label(&self, key: &ReportKey, report: AlertReport) -> AlertReport {
+        let Some(severity) = report
+            .status
+            .as_ref()
+            .and_then(|s| s.analysis.as_ref())
+            .map(|a| severity_label(a.severity))
+        else {
+            return report;
+        };
+        if report.labels().get(LABEL_SEVERITY).map(String::as_str) == Some(severity) {
+            return report;
+        }
+        // Our own labels only: labels others set stay theirs.
+        let mut labels: std::collections::BTreeMap<String, String> = report
+            .labels()
+            .iter()
+            .filter(|(k, _)| k.starts_with("peregrine.dev/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(LABEL_SEVERITY.to_string(), severity.to_string());
+        let mut object = AlertReport::new(&key.name, report.spec.clone());
+        object.metadata.namespace = Some(key.namespace.clone());
+        object.metadata.labels = Some(labels);
+        let api: Api<AlertReport> = Api::namespaced(self.client.clone(), &key.namespace);
+        match api
+            .patch(
+                &key.name,
+                &PatchParams::apply(crate::FIELD_MANAGER).force(),
+                &Patch::Apply(&object),
+            )
+            .await
+        {
+            Ok(relabelled) => {
+                self.metrics.write("labels", "ok");
+                relabelled
+            }
+            Err(error) => {
+                self.metrics.write("labels", "error");
+                tracing::debug!(report = %key, %error, "severity label not updated; retried at the next write");
+                report
             }
         }
     }
