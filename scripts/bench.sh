@@ -24,7 +24,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== release build of peregrine and peregrine-loadgen" >&2
-cargo build --release --quiet --bin peregrine --bin peregrine-loadgen
+cargo build --release --quiet -p peregrine --bin peregrine -p peregrine-bench --bin peregrine-loadgen
 
 echo "== local control plane" >&2
 if [[ ! -f target/controlplane/kubeconfig ]]; then

@@ -1,7 +1,7 @@
 //! Real-shaped Falco alerts built from the upstream rule catalog, and the
 //! mix a cluster sends: mostly one noisy Notice rule on a few workloads.
 
-#[allow(dead_code, clippy::collapsible_if)]
+#[allow(clippy::collapsible_if)]
 #[path = "../../tests/support/catalog.rs"]
 mod catalog;
 
@@ -265,17 +265,21 @@ impl Mix {
                 .copied()
                 .collect()
         };
-        let pods = |set: &[Vec<PodRef>]| -> Vec<PodRef> { set.iter().flatten().cloned().collect() };
-        let apps = pods(&w.apps);
-        let per = |rules: Vec<&CatalogRule>, kind: Kind| -> anyhow::Result<Vec<Template>> {
+        // Each kind is spread over a few workloads: a cluster's alerts come
+        // from few incidents that repeat (see FALCO-PAYLOADS.md, "Volume").
+        let per = |rules: Vec<&CatalogRule>,
+                   kind: Kind,
+                   apps: &[Vec<PodRef>]|
+         -> anyhow::Result<Vec<Template>> {
             let mut out = Vec::new();
             for r in rules {
-                for p in &apps {
+                for p in apps.iter().flatten() {
                     out.push(Template::new(&alert(r, Some(p)), kind, None)?);
                 }
             }
             Ok(out)
         };
+        let (front, back) = w.apps.split_at(w.apps.len().min(3));
         let mut noisy = Vec::new();
         let mut noisy_weights = Vec::new();
         let shares = [0.6, 0.3, 0.1];
@@ -295,7 +299,7 @@ impl Mix {
         for x in &mut noisy_weights {
             *x /= acc.max(f64::MIN_POSITIVE);
         }
-        let host = pick(&["ERROR", "CRITICAL"], 3, true)
+        let host = pick(&["ERROR", "CRITICAL"], 2, true)
             .into_iter()
             .map(|r| Template::new(&alert(r, None), Kind::Host, None))
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -311,9 +315,9 @@ impl Mix {
         Ok(Mix {
             noisy,
             noisy_weights,
-            notice: per(pick(&["NOTICE"], 8, false), Kind::Notice)?,
-            warning: per(pick(&["WARNING"], 10, false), Kind::Warning)?,
-            severe: per(pick(&["ERROR", "CRITICAL"], 8, false), Kind::Severe)?,
+            notice: per(pick(&["NOTICE"], 2, false), Kind::Notice, front)?,
+            warning: per(pick(&["WARNING"], 2, false), Kind::Warning, front)?,
+            severe: per(pick(&["ERROR", "CRITICAL"], 3, false), Kind::Severe, back)?,
             host,
             policy,
             host_nodes: w.host_nodes.clone(),

@@ -54,6 +54,51 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Deletes namespaces (and so their reports); waits until they are gone
+/// when `wait`, so the operator's caches start from the same state.
+pub async fn delete_namespaces(
+    client: &Client,
+    names: &[String],
+    wait: bool,
+) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    for name in names {
+        // Pods bound to a Node wait for a kubelet to confirm their deletion;
+        // there is none here.
+        let pods: Api<Pod> = Api::namespaced(client.clone(), name);
+        let now = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        let _ = pods.delete_collection(&now, &ListParams::default()).await;
+        match api.delete(name, &Default::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(e) => return Err(e).with_context(|| format!("deleting namespace {name}")),
+        }
+    }
+    if wait {
+        for name in names {
+            peregrine_testenv::poll_until(
+                &format!("namespace {name} deleted"),
+                Duration::from_secs(120),
+                || async { Ok::<_, anyhow::Error>(api.get_opt(name).await?.is_none()) },
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Namespaces an earlier run left behind.
+pub async fn leftover_namespaces(client: &Client) -> anyhow::Result<Vec<String>> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let list = api
+        .list(&ListParams::default().labels("app.kubernetes.io/part-of=peregrine-bench"))
+        .await?;
+    Ok(list.items.iter().map(|n| n.name_any()).collect())
+}
+
 async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
@@ -105,7 +150,7 @@ pub fn node_name(i: usize) -> String {
 pub async fn workloads(client: &Client, ns: &str, system_ns: &str) -> anyhow::Result<Workloads> {
     namespace(client, ns).await?;
     namespace(client, system_ns).await?;
-    let groups: [(&str, usize, i32); 3] = [("noisy", 3, 2), ("app", 6, 2), ("target", 5, 1)];
+    let groups: [(&str, usize, i32); 3] = [("noisy", 3, 2), ("app", 5, 2), ("target", 5, 1)];
     let mut expected = 0;
     for (prefix, n, replicas) in groups {
         for i in 0..n {
@@ -140,7 +185,7 @@ pub async fn workloads(client: &Client, ns: &str, system_ns: &str) -> anyhow::Re
             .collect()
     };
     let noisy = group("noisy", 3);
-    let apps = group("app", 6);
+    let apps = group("app", 5);
     let mut targets = Vec::new();
     for (i, mut pod) in group("target", 5).into_iter().flatten().enumerate() {
         let node = node_name(i);
@@ -162,7 +207,7 @@ pub async fn workloads(client: &Client, ns: &str, system_ns: &str) -> anyhow::Re
         noisy,
         apps,
         targets,
-        host_nodes: (0..20).map(node_name).collect(),
+        host_nodes: (0..5).map(node_name).collect(),
     })
 }
 
@@ -187,7 +232,7 @@ pub async fn policy(client: &Client, ns: &str, wait: Duration) -> anyhow::Result
             "match": {"rules": [POLICY_RULE]},
             "actions": [
                 {"type": "Label", "labels": {"peregrine.dev/quarantine": "true"}},
-                {"type": "Isolate", "ingress": true, "egress": true, "allowDNS": false}
+                {"type": "Isolate", "ingress": true, "egress": true}
             ]
         }
     });

@@ -252,6 +252,7 @@ async fn bad_loop(
         };
         let code = match conn.post("application/json", body).await {
             Ok(answer) => answer.status.as_u16(),
+            // The intake may answer and close before the body is sent (oversized).
             Err(_) => 0,
         };
         *o.bad.entry(what).or_default().entry(code).or_default() += 1;

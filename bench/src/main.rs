@@ -121,6 +121,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .context("no Kubernetes client: set KUBECONFIG to the local control plane's")?;
     cluster::install_crds(&client).await?;
+    let leftover = cluster::leftover_namespaces(&client).await?;
+    if !leftover.is_empty() {
+        eprintln!("deleting {} namespaces of earlier runs", leftover.len());
+        cluster::delete_namespaces(&client, &leftover, true).await?;
+    }
     eprintln!(
         "run {run_id}: {} nodes, auth {:?}, profiles {:?}",
         args.nodes, args.auth, args.profiles
@@ -277,6 +282,8 @@ async fn run_profile(
     let rss = operator.peak_rss();
     let metrics = operator.metrics().await.unwrap_or_default();
     operator.stop().await?;
+    // The next profile's operator starts with empty caches, as this one did.
+    cluster::delete_namespaces(client, &namespaces, true).await?;
 
     let report_seen = report_seen.lock().map(|m| m.clone()).unwrap_or_default();
     let action_seen = action_seen.lock().map(|m| m.clone()).unwrap_or_default();
