@@ -119,3 +119,18 @@ image: image-tools
 
 image-tools:
 	@./scripts/install-image-tools.sh
+
+# ---------------------------------------------------------------------------
+# Benchmark: the operator (release build) on the local control plane under
+# many simulated Falco nodes; prints a table, then one JSON line, and keeps
+# each run's JSON under target/bench/. See "Benchmark" in the README.
+#
+#   make bench                                 steady, noisy, storm and max, a few minutes
+#   make bench BENCH_ARGS=--long               a minute per profile
+#   make bench BENCH_ARGS='--profiles noisy --seconds 3'
+# ---------------------------------------------------------------------------
+.PHONY: bench
+BENCH_ARGS ?=
+
+bench: controlplane-build
+	./scripts/bench.sh $(BENCH_ARGS)
