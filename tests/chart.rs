@@ -618,6 +618,25 @@ async fn installed_chart_runs_the_flow_with_exactly_its_rbac_and_uninstalls_clea
     .await?;
 
     let pods = deployment(&admin, apps.name(), "web", 1).await?;
+    let node = unique_name("worker");
+    peregrine_testenv::create_node(&admin, &node).await?;
+    peregrine_testenv::bind_pod(&admin, apps.name(), &pods[0], &node).await?;
+    // A policy using the families the chart turns on by default: label and isolate.
+    let policy: peregrine::crd::RemediationPolicy = serde_json::from_value(serde_json::json!({
+        "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+        "metadata": {"name": "quarantine-shells", "namespace": apps.name()},
+        "spec": {
+            "mode": "Enforce",
+            "match": {"rules": ["Terminal shell in container"]},
+            "actions": [
+                {"type": "Label", "labels": {"security.peregrine.dev/quarantine": "true"}},
+                {"type": "Isolate"}
+            ]
+        }
+    }))?;
+    Api::<peregrine::crd::RemediationPolicy>::namespaced(admin.clone(), apps.name())
+        .create(&PostParams::default(), &policy)
+        .await?;
     let url = format!("https://localhost:{intake_port}/v1/falco");
     let mut falco_client = IntakeClient::new(
         &url,
@@ -628,17 +647,62 @@ async fn installed_chart_runs_the_flow_with_exactly_its_rbac_and_uninstalls_clea
             key: Some(work.join("client-tls.key")),
         },
     )?;
-    let answer = post(
-        &mut falco_client,
-        &shell_alert(apps.name(), &pods[0], "node-1"),
-    )
-    .await?;
+    // Remediation verifies its target: the alert names the pod's real UID.
+    let running = peregrine_testenv::mark_pod_running(&admin, apps.name(), &pods[0]).await?;
+    let uid = running.metadata.uid.clone().unwrap_or_default();
+    let container_id: String = running
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.into_iter().next())
+        .and_then(|c| c.container_id)
+        .and_then(|id| {
+            id.rsplit('/')
+                .next()
+                .map(|hex| hex.chars().take(12).collect())
+        })
+        .unwrap_or_default();
+    let mut alert = shell_alert(apps.name(), &pods[0], &node);
+    alert["output_fields"]["k8s.pod.uid"] = serde_json::json!(uid);
+    alert["output_fields"]["container.id"] = serde_json::json!(container_id);
+    let answer = post(&mut falco_client, &alert).await?;
     assert_eq!(answer.status.as_u16(), 202, "{}", answer.body);
     let reports = wait_for_reports(&admin, apps.name(), "a report from the mTLS alert", |r| {
         r.len() == 1 && count(&r[0]) == 1
     })
     .await?;
     assert_eq!(reports[0].spec.rule, "Terminal shell in container");
+
+    // The policy acted with the chart's RBAC: the pod is labelled and isolated.
+    let admin_pods: Api<Pod> = Api::namespaced(admin.clone(), apps.name());
+    let policies: Api<k8s_openapi::api::networking::v1::NetworkPolicy> =
+        Api::namespaced(admin.clone(), apps.name());
+    let pod_name = pods[0].clone();
+    let acted = poll_until(
+        "the pod labelled and isolated",
+        Duration::from_secs(60),
+        || {
+            let admin_pods = admin_pods.clone();
+            let policies = policies.clone();
+            let pod_name = pod_name.clone();
+            async move {
+                let pod = admin_pods.get(&pod_name).await?;
+                let labelled = pod.metadata.labels.is_some_and(|l| {
+                    l.get("security.peregrine.dev/quarantine")
+                        .map(String::as_str)
+                        == Some("true")
+                });
+                let isolated = !policies.list(&Default::default()).await?.items.is_empty();
+                Ok::<_, anyhow::Error>(labelled && isolated)
+            }
+        },
+    )
+    .await;
+    let log = std::fs::read_to_string(work.join("operator.log")).unwrap_or_default();
+    assert!(acted.is_ok(), "{acted:?}\noperator log:\n{log}");
+    assert!(
+        !log.contains("forbidden"),
+        "the chart's RBAC refused the operator something:\n{log}"
+    );
 
     // Without the client certificate: refused.
     let mut stranger = IntakeClient::new(
@@ -649,7 +713,7 @@ async fn installed_chart_runs_the_flow_with_exactly_its_rbac_and_uninstalls_clea
             ..Default::default()
         },
     )?;
-    match post(&mut stranger, &shell_alert(apps.name(), &pods[0], "node-1")).await {
+    match post(&mut stranger, &shell_alert(apps.name(), &pods[0], &node)).await {
         Ok(answer) => assert_eq!(answer.status.as_u16(), 401, "{}", answer.body),
         Err(refused) => eprintln!("without a client certificate: {refused}"),
     }
