@@ -46,7 +46,16 @@ pub enum ParseError {
     },
     #[error("not a Falco alert: {0}")]
     BadPriority(#[from] crate::crd::UnknownPriority),
+    #[error(
+        "the request body nests more than {MAX_DEPTH} levels of objects and lists: a Falco alert is an object of output fields, send one alert per request"
+    )]
+    TooDeep,
 }
+
+/// Deepest nesting of objects and lists accepted. A Falco alert nests three
+/// levels (the alert, `output_fields`, a list value); anything far deeper is
+/// refused before it is parsed.
+pub const MAX_DEPTH: usize = 32;
 
 impl ParseError {
     /// A short, bounded reason for metrics.
@@ -57,12 +66,16 @@ impl ParseError {
             ParseError::Missing(_) => "missing_field",
             ParseError::WrongType { .. } => "wrong_type",
             ParseError::BadPriority(_) => "bad_priority",
+            ParseError::TooDeep => "too_deep",
         }
     }
 }
 
 /// Parses one alert. Invalid UTF-8 is replaced by U+FFFD, as recent Falco does itself.
 pub fn parse(body: &[u8]) -> Result<Alert, ParseError> {
+    if depth_exceeds(body, MAX_DEPTH) {
+        return Err(ParseError::TooDeep);
+    }
     let text = String::from_utf8_lossy(body);
     let top: IndexMap<String, Box<RawValue>> = match serde_json::from_str(&text) {
         Ok(top) => top,
@@ -101,6 +114,35 @@ pub fn parse(body: &[u8]) -> Result<Alert, ParseError> {
         tags: tags(&top)?,
         uuid: string_field(&top, "uuid")?,
     })
+}
+
+/// True when objects and lists (outside strings) nest deeper than `max`. One
+/// pass, no allocation: JSON that is invalid in other ways is left to the parser.
+fn depth_exceeds(body: &[u8], max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 fn value_of(top: &IndexMap<String, Box<RawValue>>, key: &str) -> Option<Value> {
@@ -191,5 +233,40 @@ impl Alert {
     /// True for Falco's own events (`Falco internal: ...`), which follow no rule file.
     pub fn is_internal(&self) -> bool {
         self.source == "internal" || self.rule.starts_with("Falco internal")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nested(depth: usize, inner: &str) -> String {
+        format!(
+            r#"{{"rule":"r","priority":"Notice","output_fields":{{"a":{}{inner}{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth)
+        )
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        // The alert and output_fields are two levels already.
+        assert!(parse(nested(MAX_DEPTH - 2, "1").as_bytes()).is_ok());
+        let err = parse(nested(MAX_DEPTH - 1, "1").as_bytes()).unwrap_err();
+        assert_eq!(err.reason(), "too_deep");
+        assert!(err.to_string().contains("one alert per request"), "{err}");
+        assert!(matches!(
+            parse(nested(100_000, "").as_bytes()),
+            Err(ParseError::TooDeep)
+        ));
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count() {
+        let body = nested(
+            1,
+            &format!("\"{}\\\"{}\"", "[".repeat(500), "{".repeat(500)),
+        );
+        assert!(parse(body.as_bytes()).is_ok(), "{body}");
     }
 }
