@@ -46,6 +46,10 @@ pub enum Rejection {
     PlainText,
     #[error("content type {0:?} is not supported: send the alert as application/json")]
     UnsupportedType(String),
+    #[error(
+        "content encoding {0:?} is not supported: send the alert uncompressed (Falco and Falcosidekick do)"
+    )]
+    UnsupportedEncoding(String),
     #[error("the body did not arrive within {0:?}: send the whole alert at once")]
     BodyTimeout(Duration),
     #[error("cannot read the request body: {0}")]
@@ -65,9 +69,9 @@ impl Rejection {
         match self {
             Rejection::Unauthorized => StatusCode::UNAUTHORIZED,
             Rejection::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::PlainText | Rejection::UnsupportedType(_) => {
-                StatusCode::UNSUPPORTED_MEDIA_TYPE
-            }
+            Rejection::PlainText
+            | Rejection::UnsupportedType(_)
+            | Rejection::UnsupportedEncoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Rejection::Body(_) | Rejection::Parse(_) => StatusCode::BAD_REQUEST,
             Rejection::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -83,6 +87,7 @@ impl Rejection {
             Rejection::TooLarge { .. } => "too_large",
             Rejection::PlainText => "text_plain",
             Rejection::UnsupportedType(_) => "unsupported_media_type",
+            Rejection::UnsupportedEncoding(_) => "unsupported_encoding",
             Rejection::BodyTimeout(_) => "body_timeout",
             Rejection::Body(_) => "body_unreadable",
             Rejection::Parse(e) => e.reason(),
@@ -147,6 +152,7 @@ impl Intake {
             return Err(Rejection::Unauthorized);
         }
         check_content_type(headers)?;
+        check_content_encoding(headers)?;
         let declared = headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -262,6 +268,24 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
     }
 }
 
+/// Only an uncompressed body: a compressed one would be read as broken JSON,
+/// and inflating it would let a small request become a large one.
+fn check_content_encoding(headers: &HeaderMap) -> Result<(), Rejection> {
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().unwrap_or("(not text)");
+        if text
+            .split(',')
+            .map(str::trim)
+            .any(|e| !e.is_empty() && !e.eq_ignore_ascii_case("identity"))
+        {
+            return Err(Rejection::UnsupportedEncoding(
+                text.chars().take(100).collect(),
+            ));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +305,17 @@ mod tests {
         assert!(err.to_string().contains("json_output: true"), "{err}");
         assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
         assert!(check_content_type(&headers("application/x-www-form-urlencoded")).is_err());
+    }
+
+    #[test]
+    fn only_an_uncompressed_body_is_read() {
+        let mut h = HeaderMap::new();
+        assert!(check_content_encoding(&h).is_ok());
+        h.insert(header::CONTENT_ENCODING, "identity".parse().unwrap());
+        assert!(check_content_encoding(&h).is_ok());
+        h.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        let err = check_content_encoding(&h).unwrap_err();
+        assert_eq!(err.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        assert!(err.to_string().contains("uncompressed"), "{err}");
     }
 }
