@@ -52,6 +52,8 @@ pub struct Queue {
     bounds: Bounds,
     protect: Protect,
     metrics: Metrics,
+    /// Signalled when an incident that was not waiting joins the queue.
+    arrived: tokio::sync::Notify,
 }
 
 impl Queue {
@@ -62,7 +64,14 @@ impl Queue {
             bounds,
             protect,
             metrics,
+            arrived: tokio::sync::Notify::new(),
         }
+    }
+
+    /// Resolves once an incident that was not waiting has joined the queue
+    /// since the last call (a new incident, or a known one after a write).
+    pub async fn incident_arrived(&self) {
+        self.arrived.notified().await;
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<ReportKey, Pending>> {
@@ -115,15 +124,28 @@ impl Queue {
         state.insert(key, Pending::new(arrival, protected, &self.bounds));
         self.metrics.alerts_accepted_inc(priority);
         self.metrics.queue_incidents.set(state.len() as i64);
+        drop(state);
+        self.arrived.notify_one();
         Ok(result)
     }
 
     /// Takes every incident due for a write (all of them when `ignore_backoff`).
     pub fn take_due(&self, now: Instant, ignore_backoff: bool) -> Vec<Pending> {
+        self.take_due_where(now, ignore_backoff, |_| true)
+    }
+
+    /// Takes the incidents due for a write whose key is `wanted`.
+    pub fn take_due_where(
+        &self,
+        now: Instant,
+        ignore_backoff: bool,
+        wanted: impl Fn(&ReportKey) -> bool,
+    ) -> Vec<Pending> {
         let mut state = self.lock();
         let due: Vec<ReportKey> = state
             .values()
             .filter(|p| ignore_backoff || p.not_before.is_none_or(|t| t <= now))
+            .filter(|p| wanted(&p.key))
             .map(|p| p.key.clone())
             .collect();
         let taken = due.iter().filter_map(|k| state.remove(k)).collect();
@@ -252,6 +274,19 @@ mod tests {
             .collect();
         assert_eq!(keys.len(), 2);
         assert!(keys.contains(&"A".to_string()) && keys.contains(&"B".to_string()));
+    }
+
+    #[tokio::test]
+    async fn a_new_incident_wakes_the_writer_and_can_be_taken_alone() {
+        let (q, _) = queue(4);
+        q.offer(arrival("A", "Notice", "a")).unwrap();
+        // The permit is kept until the writer asks.
+        q.incident_arrived().await;
+        q.offer(arrival("B", "Notice", "b")).unwrap();
+        let taken = q.take_due_where(Instant::now(), false, |k| k.name.starts_with('b'));
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].first.alert.rule, "B");
+        assert_eq!(q.len(), 1, "A still waits for the flush interval");
     }
 
     #[test]

@@ -95,6 +95,9 @@ fn forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(s) if s.is_forbidden())
 }
 
+/// How long the writer lets new incidents gather before writing them.
+const NEW_INCIDENT_BATCH: Duration = Duration::from_millis(100);
+
 /// Longest time one incident's write may take, so a hung API server cannot
 /// hold a flush (or a shutdown's drain) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -177,6 +180,11 @@ impl Writer {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.flush(false).await,
+                () = self.queue.incident_arrived() => {
+                    // One batch per burst of new incidents.
+                    tokio::time::sleep(NEW_INCIDENT_BATCH).await;
+                    self.flush_new().await;
+                }
                 () = stop.cancelled() => break,
             }
         }
@@ -212,6 +220,20 @@ impl Writer {
     /// Writes the incidents due now (all of them when `draining`).
     pub async fn flush(&self, draining: bool) {
         let batch = self.queue.take_due(Instant::now(), draining);
+        self.write_batch(batch).await;
+    }
+
+    /// Writes at once the incidents that have no report yet: a new incident
+    /// should not wait for the flush interval to be seen (and acted on);
+    /// repeats of known incidents still wait and cost one write per interval.
+    pub async fn flush_new(&self) {
+        let batch = self.queue.take_due_where(Instant::now(), false, |key| {
+            !self.known().contains_key(key) && self.reports.get(key).is_none()
+        });
+        self.write_batch(batch).await;
+    }
+
+    async fn write_batch(&self, batch: Vec<Pending>) {
         if batch.is_empty() {
             return;
         }
