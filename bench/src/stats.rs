@@ -127,6 +127,10 @@ pub struct Figures {
     pub accepted_per_s: f64,
     pub acked_by_kind: BTreeMap<String, u64>,
     pub ack: Latency,
+    /// The operator's own view of the acknowledgement (handler entry to
+    /// answer, from `peregrine_intake_ack_seconds`): bucket upper bounds.
+    pub ack_in_handler_p50_ms: Option<f64>,
+    pub ack_in_handler_p99_ms: Option<f64>,
     /// From the first alert of a new incident to its report in a watch.
     pub alert_to_report: Latency,
     /// From the first alert a policy acts on to the label / NetworkPolicy in a watch.
@@ -229,6 +233,7 @@ impl Figures {
                 *dropped_by_reason.entry(reason.to_string()).or_default() += *v as u64;
             }
         }
+        let (handler_p50, handler_p99) = handler_quantiles(&i.metrics);
         let lost = o.acked.saturating_sub(i.reports.occurrences);
         let dropped_after_ack = shed_after_ack(&i.metrics).min(lost);
         Figures {
@@ -245,6 +250,8 @@ impl Figures {
             },
             acked_by_kind: o.acked_by_kind.clone(),
             ack,
+            ack_in_handler_p50_ms: handler_p50,
+            ack_in_handler_p99_ms: handler_p99,
             alert_to_report,
             alert_to_action,
             policies_active: i.policies,
@@ -273,6 +280,32 @@ impl Figures {
             steps: i.steps,
         }
     }
+}
+
+/// p50 and p99 of the operator's ack histogram, as bucket upper bounds in ms.
+fn handler_quantiles(metrics: &BTreeMap<String, f64>) -> (Option<f64>, Option<f64>) {
+    let mut buckets: Vec<(f64, f64)> = metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("peregrine_intake_ack_seconds_bucket{"))
+        .filter_map(|(k, v)| {
+            let le = label(k, "le")?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, *v))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let q = |x: f64| {
+        buckets
+            .iter()
+            .find(|(_, c)| *c >= x * total && total > 0.0)
+            .map(|(le, _)| round(le * 1000.0, 3))
+    };
+    (q(0.5), q(0.99))
 }
 
 fn fmt_ms(x: Option<f64>) -> String {
