@@ -4,8 +4,10 @@
 //! Read from watch caches (reflectors) filled in the background, never with
 //! a GET per alert: the intake answers Falco before any API call.
 
+mod exposure;
 mod pod;
 
+pub use exposure::is_exposed;
 pub use pod::{guess_workload, owner_workload, pod_context};
 
 use crate::analysis::PodContext;
@@ -13,7 +15,8 @@ use crate::crd::Subject;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::networking::v1::Ingress;
 use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -36,6 +39,9 @@ pub struct ClusterCache {
     pods: Store<Pod>,
     replicasets: Store<PartialObjectMeta<ReplicaSet>>,
     jobs: Store<PartialObjectMeta<Job>>,
+    /// Best effort: without RBAC to list them, pods are simply not known to be exposed.
+    services: Store<Service>,
+    ingresses: Store<Ingress>,
 }
 
 impl ClusterCache {
@@ -73,10 +79,40 @@ impl ClusterCache {
         .reflect(writer);
         spawn_watch("jobs", stream, shutdown.clone());
 
+        let (services, writer) = reflector::store();
+        let stream = watcher(
+            Api::<Service>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|svc: &mut Service| {
+            svc.status = None;
+            svc.metadata.managed_fields = None;
+            svc.metadata.annotations = None;
+        })
+        .reflect(writer);
+        spawn_watch("services", stream, shutdown.clone());
+
+        let (ingresses, writer) = reflector::store();
+        let stream = watcher(
+            Api::<Ingress>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(|ing: &mut Ingress| {
+            ing.status = None;
+            ing.metadata.managed_fields = None;
+            ing.metadata.annotations = None;
+        })
+        .reflect(writer);
+        spawn_watch("ingresses", stream, shutdown.clone());
+
         ClusterCache {
             pods,
             replicasets,
             jobs,
+            services,
+            ingresses,
         }
     }
 
@@ -101,8 +137,27 @@ impl ClusterCache {
         ready(
             tokio::time::timeout(timeout, self.jobs.wait_until_ready()).await,
             "jobs",
-        )
-        .map(|_| ())
+        )?;
+        // Exposure only sharpens the risk score: without it the operator still works.
+        let optional = timeout.min(Duration::from_secs(10));
+        for (kind, synced) in [
+            (
+                "services",
+                tokio::time::timeout(optional, self.services.wait_until_ready()).await,
+            ),
+            (
+                "ingresses",
+                tokio::time::timeout(optional, self.ingresses.wait_until_ready()).await,
+            ),
+        ] {
+            if !matches!(synced, Ok(Ok(()))) {
+                tracing::warn!(
+                    kind,
+                    "cache not filled: pods are not known to be reachable from outside; grant list and watch on {kind} to the operator"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// The facts about pod `namespace/name`, when it is in the cache.
@@ -119,7 +174,16 @@ impl ClusterCache {
                 .and_then(|job| job.metadata.owner_references.clone())
         };
         let workload = owner_workload(&pod.metadata, replicaset_owner, job_owner);
-        Some(pod_context(&pod, workload))
+        let mut context = pod_context(&pod, workload);
+        let services = self.services.state();
+        let ingresses = self.ingresses.state();
+        context.internet_facing = is_exposed(
+            namespace,
+            &context.labels,
+            services.iter().map(|s| s.as_ref()),
+            ingresses.iter().map(|i| i.as_ref()),
+        );
+        Some(context)
     }
 
     /// Adds what the cluster knows to `subject`; returns the pod's facts, when found.
