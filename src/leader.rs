@@ -6,6 +6,7 @@
 //! each action the executor also reads the Lease back ([`Leadership::confirm`]),
 //! so a replica cut off from the API server cannot act on a lease it no longer holds.
 
+use crate::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -61,9 +62,11 @@ pub fn identity() -> String {
 
 impl Leadership {
     /// Joins the election; it runs until `shutdown`, then releases the lease.
+    /// `metrics.leader` is 1 while this replica holds the lease.
     pub async fn start(
         client: Client,
         config: LeaseConfig,
+        metrics: Metrics,
         shutdown: CancellationToken,
     ) -> Result<Leadership, LeaderError> {
         let identity = identity();
@@ -86,6 +89,7 @@ impl Leadership {
         let (tx, rx) = watch::channel(false);
         let term = Arc::new(Mutex::new(CancellationToken::new()));
         term.lock().unwrap_or_else(|p| p.into_inner()).cancel();
+        metrics.set_leader(false);
         let leadership = Leadership {
             identity: identity.clone(),
             lease: Api::namespaced(client, &config.namespace),
@@ -113,12 +117,14 @@ impl Leadership {
                             tracing::warn!(parent: &span, "lost the lease: stopped executing remediations");
                         }
                         drop(current);
+                        metrics.set_leader(leader);
                         let _ = tx.send(leader);
                     }
                     () = shutdown.cancelled() => break,
                 }
             }
             term.lock().unwrap_or_else(|p| p.into_inner()).cancel();
+            metrics.set_leader(false);
             let _ = tx.send(false);
             drop(lease_rx);
             match handle.await {

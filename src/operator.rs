@@ -168,6 +168,7 @@ pub async fn start(
             name: args.lease_name.clone(),
             duration: args.lease_duration,
         },
+        metrics.clone(),
         shutdown.clone(),
     )
     .await?;

@@ -809,3 +809,377 @@ async fn a_flood_opens_the_circuit_breaker_and_deleting_its_configmap_resets_it(
     );
     operator.stop().await
 }
+
+/// A webhook on 127.0.0.1 that keeps every body it receives. With `hold_after
+/// = Some(k)`, it answers the first `k` requests and holds every later one
+/// without answering until [`Webhook::release`].
+struct Webhook {
+    url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Value)>>>,
+    held: std::sync::Arc<tokio::sync::Notify>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Webhook {
+    async fn start(hold_after: Option<usize>) -> anyhow::Result<Webhook> {
+        use axum::extract::State;
+        type Shared = (
+            std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Value)>>>,
+            std::sync::Arc<tokio::sync::Notify>,
+            tokio::sync::watch::Receiver<bool>,
+            Option<usize>,
+        );
+        async fn hook(
+            State((seen, held, released, hold_after)): State<Shared>,
+            headers: http::HeaderMap,
+            body: bytes::Bytes,
+        ) -> http::StatusCode {
+            let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let n = {
+                let mut seen = seen.lock().unwrap();
+                seen.push((headers, body));
+                seen.len()
+            };
+            if hold_after.is_some_and(|k| n > k) && !*released.borrow() {
+                held.notify_one();
+                let mut released = released.clone();
+                let _ = released.wait_for(|r| *r).await;
+            }
+            http::StatusCode::OK
+        }
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let held = std::sync::Arc::new(tokio::sync::Notify::new());
+        let (release, released) = tokio::sync::watch::channel(false);
+        let app = axum::Router::new()
+            .route("/hook", axum::routing::post(hook))
+            .with_state((seen.clone(), held.clone(), released, hold_after));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}/hook", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Webhook {
+            url,
+            seen,
+            held,
+            release,
+        })
+    }
+
+    fn bodies(&self) -> Vec<Value> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, b)| b.clone())
+            .collect()
+    }
+
+    /// How many requests named each report.
+    fn per_report(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for b in self.bodies() {
+            *counts
+                .entry(b["report"].as_str().unwrap_or_default().to_string())
+                .or_insert(0) += 1;
+        }
+        counts
+    }
+}
+
+/// A Secret `name` in `namespace` holding `url` under key `url`.
+async fn webhook_secret(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    url: &str,
+) -> anyhow::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), namespace);
+    api.create(
+        &Default::default(),
+        &serde_json::from_value(json!({
+            "metadata": {"name": name}, "stringData": {"url": url}
+        }))?,
+    )
+    .await?;
+    Ok(())
+}
+
+/// `peregrine run` as a separate process, so that it can be SIGKILLed.
+struct OperatorProcess {
+    name: &'static str,
+    child: tokio::process::Child,
+    intake: u16,
+    health: u16,
+    log: std::path::PathBuf,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+impl OperatorProcess {
+    async fn spawn(
+        cp: &ControlPlane,
+        name: &'static str,
+        namespace: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<OperatorProcess> {
+        let intake = free_port();
+        let health = free_port();
+        let log = std::env::temp_dir().join(unique_name(&format!("peregrine-{name}")));
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_peregrine"))
+            .arg("run")
+            .arg(format!("--intake-addr=127.0.0.1:{intake}"))
+            .arg(format!("--health-addr=127.0.0.1:{health}"))
+            .arg(format!("--namespace={namespace}"))
+            .args([
+                "--intake-allow-unauthenticated",
+                "--flush-interval=300ms",
+                "--lease-duration=3s",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", cp.kubeconfig_path())
+            .env("POD_NAME", name)
+            .env("NO_COLOR", "1")
+            .env_remove("POD_NAMESPACE")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .kill_on_drop(true)
+            .spawn()?;
+        let mut process = OperatorProcess {
+            name,
+            child,
+            intake,
+            health,
+            log,
+        };
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(status) = process.child.try_wait()? {
+                anyhow::bail!("operator {name} exited: {status}\n{}", process.log_text());
+            }
+            if process.get("/readyz").await.is_ok_and(|(s, _)| s == 200) {
+                break;
+            }
+            if Instant::now() > deadline {
+                anyhow::bail!(
+                    "operator {name} not ready after {WAIT:?}\n{}",
+                    process.log_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(process)
+    }
+
+    async fn get(&self, path: &str) -> anyhow::Result<(u16, String)> {
+        let mut c = peregrine::replay::IntakeClient::new(
+            &format!("http://127.0.0.1:{}{path}", self.health),
+            None,
+            &Default::default(),
+        )?;
+        let a = c.send(http::Method::GET, None, bytes::Bytes::new()).await?;
+        Ok((a.status.as_u16(), a.body))
+    }
+
+    async fn leader_gauge(&self) -> anyhow::Result<Option<f64>> {
+        Ok(metric(&self.get("/metrics").await?.1, "peregrine_leader"))
+    }
+
+    fn intake(&self) -> peregrine::replay::IntakeClient {
+        peregrine::replay::IntakeClient::new(
+            &format!("http://127.0.0.1:{}/v1/falco", self.intake),
+            None,
+            &Default::default(),
+        )
+        .expect("intake client")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        if std::env::var_os("PEREGRINE_TESTENV_KEEP").is_none() {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigkilling_the_lease_holder_mid_stream_repeats_no_action_and_loses_no_decision()
+-> anyhow::Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let home = TestNamespace::create(&client, "peregrine-kill").await?;
+    let extra = ["--circuit-breaker-threshold=1000"];
+    let a = OperatorProcess::spawn(cp, "replica-a", home.name(), &extra).await?;
+    let b = OperatorProcess::spawn(cp, "replica-b", home.name(), &extra).await?;
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), home.name());
+    let holder = || async {
+        let lease = leases.get_opt("peregrine-leader").await?;
+        Ok::<_, anyhow::Error>(
+            lease
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity)
+                .unwrap_or_default(),
+        )
+    };
+    let first = poll_for("a lease holder", WAIT, || async {
+        let h = holder().await?;
+        Ok::<_, anyhow::Error>((!h.is_empty()).then_some(h))
+    })
+    .await?;
+    let (mut leader, follower) = if first.starts_with("replica-a-") {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    poll_until("peregrine_leader is 1 on the holder only", WAIT, || async {
+        Ok::<_, anyhow::Error>(
+            leader.leader_gauge().await? == Some(1.0)
+                && follower.leader_gauge().await? == Some(0.0),
+        )
+    })
+    .await?;
+
+    // Eight workloads; the policy labels the pod, then notifies a webhook
+    // that answers three requests and holds the rest: the leader is killed
+    // while it waits for an answer.
+    let ns = TestNamespace::create(&client, "kill").await?;
+    let node = unique_name("worker");
+    create_node(&client, &node).await?;
+    let hook = Webhook::start(Some(3)).await?;
+    webhook_secret(&client, ns.name(), "hook", &hook.url).await?;
+    let policies: Api<RemediationPolicy> = Api::namespaced(client.clone(), ns.name());
+    policies
+        .patch(
+            "contain",
+            &PatchParams::apply("peregrine-tests").force(),
+            &Patch::Apply(&json!({
+                "apiVersion": "peregrine.dev/v1alpha1", "kind": "RemediationPolicy",
+                "metadata": {"name": "contain", "namespace": ns.name()},
+                "spec": {"mode": "Enforce", "actions": [
+                    {"type": "Label", "labels": {"contained": "true"}},
+                    {"type": "Notify", "secretRef": {"name": "hook"}}
+                ]}
+            })),
+        )
+        .await?;
+    let mut pods = Vec::new();
+    for i in 0..8 {
+        let names = deployment(&client, ns.name(), &format!("app{i}"), 1).await?;
+        bind_pod(&client, ns.name(), &names[0], &node).await?;
+        pods.push(mark_pod_running(&client, ns.name(), &names[0]).await?);
+    }
+    // Alerts go to the follower, so the kill loses no accepted alert.
+    let mut intake = follower.intake();
+    for pod in &pods {
+        post(&mut intake, &alert_about(pod, &node)).await?;
+    }
+    tokio::time::timeout(WAIT, hook.held.notified())
+        .await
+        .context("the leader never reached the webhook")?;
+    let sender = holder().await?;
+    anyhow::ensure!(
+        sender.starts_with(&format!("{}-", leader.name)),
+        "the lease moved before the kill: {sender}"
+    );
+    leader.child.start_kill()?; // SIGKILL
+    leader.child.wait().await?;
+    let killed = Instant::now();
+    let held_at_kill = hook.per_report();
+    hook.release.send_replace(true);
+
+    let new_holder = poll_for("the follower takes the lease", WAIT, || async {
+        let h = holder().await?;
+        Ok::<_, anyhow::Error>(h.starts_with(&format!("{}-", follower.name)).then_some(h))
+    })
+    .await?;
+    let failover = killed.elapsed();
+    poll_until("peregrine_leader is 1 on the survivor", WAIT, || async {
+        Ok::<_, anyhow::Error>(follower.leader_gauge().await? == Some(1.0))
+    })
+    .await?;
+    let all = poll_for("every report decided and finished", WAIT, || async {
+        let found = reports(&client, ns.name()).await?;
+        let done = found.len() == 8
+            && found.iter().all(|r| {
+                let r = records(r);
+                r.len() == 2 && r.iter().all(|r| r.state != RemediationState::Running)
+            });
+        Ok::<_, anyhow::Error>(done.then_some(found))
+    })
+    .await?;
+    let finished = killed.elapsed();
+
+    // Count records and effects.
+    let sent = hook.per_report();
+    let mut interrupted = 0;
+    let mut succeeded = 0;
+    for report in &all {
+        let name = report.name_any();
+        let rs = records(report);
+        let mut indexes: Vec<u32> = rs.iter().map(|r| r.action_index).collect();
+        indexes.sort();
+        assert_eq!(indexes, vec![0, 1], "{name}: one record per action");
+        let posts = sent.get(&name).copied().unwrap_or(0);
+        assert!(posts <= 1, "{name}: notified {posts} times");
+        for r in &rs {
+            match r.state {
+                RemediationState::Succeeded => succeeded += 1,
+                RemediationState::Failed => {
+                    assert!(
+                        r.reason.contains("interrupted") || r.reason.contains("lost the lease"),
+                        "{name}: {}",
+                        r.reason
+                    );
+                    interrupted += 1;
+                }
+                other => panic!("{name}: {} is {other:?}: {}", r.action, r.reason),
+            }
+        }
+        let notify = rs.iter().find(|r| r.action == "Notify").unwrap();
+        if notify.state == RemediationState::Succeeded {
+            assert_eq!(posts, 1, "{name}: a Succeeded Notify was sent once");
+        }
+        if held_at_kill.get(&name).is_some_and(|n| *n > 0) {
+            // The request was sent before the kill: never sent again.
+            assert_eq!(posts, 1, "{name}");
+        }
+        let label = rs.iter().find(|r| r.action == "Label").unwrap();
+        if label.state == RemediationState::Succeeded {
+            let pod = Api::<Pod>::namespaced(client.clone(), ns.name())
+                .get(report.spec.subject.pod.as_deref().unwrap_or_default())
+                .await?;
+            assert_eq!(
+                pod.labels().get("contained").map(String::as_str),
+                Some("true")
+            );
+        }
+    }
+    // At least the held request's record was left Running by the killed leader.
+    assert!(
+        interrupted >= 1,
+        "no record was interrupted: {:#?}",
+        all.iter().map(records).collect::<Vec<_>>()
+    );
+    let duplicated: usize = sent.values().map(|n| n.saturating_sub(1)).sum();
+    assert_eq!(duplicated, 0);
+    eprintln!(
+        "SIGKILL of {}: {} took the lease after {failover:?}, every report finished after {finished:?}; \
+         {succeeded} actions succeeded, {interrupted} interrupted and marked Failed, {} webhook posts, {duplicated} duplicated",
+        leader.name,
+        new_holder,
+        sent.values().sum::<usize>()
+    );
+    drop(follower);
+    Ok(())
+}

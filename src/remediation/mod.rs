@@ -861,14 +861,14 @@ impl Remediator {
                 .clone()
                 .unwrap_or_else(|| self.config.operator_namespace.clone())
         };
-        let mut outcomes: Vec<(usize, RemediationRecord)> = Vec::new();
         for run in runs {
             let mut record = records[run.index].clone();
             if !self.leadership.confirm().await {
                 record.state = RemediationState::Failed;
                 record.reason = "this replica lost the lease before running the action: not run, and not retried".into();
                 record.updated_at = Time(Timestamp::now());
-                outcomes.push((run.index, record));
+                self.write_outcomes(&api, &report_id, name, vec![(run.index, record)])
+                    .await;
                 continue;
             }
             let started = std::time::Instant::now();
@@ -879,12 +879,12 @@ impl Remediator {
             };
             let when = Time(Timestamp::now());
             record.updated_at = when.clone();
-            let name = action_name(run.action.type_);
+            let action = action_name(run.action.type_);
             match result {
                 Some(Ok(done)) => {
                     self.metrics
                         .action(action_family(run.action.type_), "succeeded");
-                    tracing::info!(policy = %run.policy.id, action = name, target = %done.target, elapsed_ms = started.elapsed().as_millis() as u64, "{}", done.reason);
+                    tracing::info!(policy = %run.policy.id, action, target = %done.target, elapsed_ms = started.elapsed().as_millis() as u64, "{}", done.reason);
                     record.state = RemediationState::Succeeded;
                     record.reason = done.reason.clone();
                     record.target = Some(done.target.clone());
@@ -909,14 +909,14 @@ impl Remediator {
                         target_ref(&run.target),
                         EventType::Normal,
                         "RemediationSucceeded",
-                        format!("{} {name}: {}", run.policy.id, done.reason),
+                        format!("{} {action}: {}", run.policy.id, done.reason),
                     )
                     .await;
                 }
                 Some(Err(error)) => {
                     self.metrics
                         .action(action_family(run.action.type_), "failed");
-                    tracing::warn!(policy = %run.policy.id, action = name, %error, "remediation action failed");
+                    tracing::warn!(policy = %run.policy.id, action, %error, "remediation action failed");
                     record.state = RemediationState::Failed;
                     record.reason = error.to_string();
                     self.publish(
@@ -924,7 +924,7 @@ impl Remediator {
                         None,
                         EventType::Warning,
                         "RemediationFailed",
-                        format!("{} {name}: {error}", run.policy.id),
+                        format!("{} {action}: {error}", run.policy.id),
                     )
                     .await;
                 }
@@ -933,8 +933,12 @@ impl Remediator {
                     record.reason = "this replica lost the lease while the action ran: it may be partly done, and is not retried".into();
                 }
             }
-            outcomes.push((run.index, record));
+            // Each outcome is written as soon as it is known, so a replica
+            // killed later leaves no finished action looking unfinished.
+            self.write_outcomes(&api, &report_id, name, vec![(run.index, record)])
+                .await;
         }
+        let mut reverted: Vec<(usize, RemediationRecord)> = Vec::new();
         for i in reverts {
             let mut record = records[i].clone();
             let Some(undo) = record
@@ -972,15 +976,15 @@ impl Remediator {
                         format!("{} {}: {}", record.policy, record.action, record.reason),
                     )
                     .await;
-                    outcomes.push((i, record));
+                    reverted.push((i, record));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot undo the action; retrying");
                 }
             }
         }
-        if !outcomes.is_empty() {
-            self.write_outcomes(&api, &report_id, name, outcomes).await;
+        if !reverted.is_empty() {
+            self.write_outcomes(&api, &report_id, name, reverted).await;
         }
         let after = api.get_opt(name).await.ok().flatten();
         let records = after
@@ -1087,8 +1091,16 @@ impl Remediator {
         outcomes: Vec<(usize, RemediationRecord)>,
     ) {
         for _ in 0..8 {
-            let Ok(Some(current)) = api.get_opt(name).await else {
-                break;
+            let current = match api.get_opt(name).await {
+                Ok(Some(current)) => current,
+                Ok(None) => {
+                    tracing::debug!("the report is gone; its outcome is not recorded");
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the report to record an outcome; keeping it for the next attempt");
+                    break;
+                }
             };
             let mut records = current
                 .status
@@ -1108,7 +1120,10 @@ impl Remediator {
                 .await
             {
                 Ok(()) => return,
-                Err(kube::Error::Api(s)) if s.code == 409 => continue,
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    tracing::debug!("the report changed while recording an outcome; retrying");
+                    continue;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "cannot record the outcome of an action; keeping it for the next attempt");
                     break;
