@@ -213,3 +213,52 @@ fn invalid_utf8_becomes_replacement_characters() {
         Some("sh -c \u{fffd}\u{fffd}")
     );
 }
+
+#[test]
+fn plugin_alerts_with_microsecond_times_old_source_names_and_integer_iso_times_parse() {
+    let body = br#"{"output":"GCP audit","priority":"Notice","rule":"Custom GCP rule","source":"auditlogs",
+        "time":"2026-11-30T13:00:00.123456Z",
+        "output_fields":{"evt.time.iso8601":1764507600123456000,"gcp.user":"a@example.com","jevt.time":"13:00:00.123456"}}"#;
+    let alert = falco::parse(body).expect("parses");
+    assert_eq!(alert.source, "auditlogs");
+    assert_eq!(
+        alert.timestamp.map(|t| t.subsec_microsecond()),
+        Some(123_456)
+    );
+    assert_eq!(
+        alert.field("evt.time.iso8601").as_deref(),
+        Some("1764507600123456000")
+    );
+    assert_eq!(alert.field("jevt.time").as_deref(), Some("13:00:00.123456"));
+}
+
+#[test]
+fn a_falco_log_line_posted_instead_of_an_alert_is_refused_as_not_json() {
+    let line = b"Thu Dec  3 09:12:44 2026: Falco initialized with configuration file: /etc/falco/falco.yaml";
+    let err = falco::parse(line).expect_err("a log line is no alert");
+    assert_eq!(err.reason(), "not_json");
+}
+
+#[test]
+fn a_field_that_is_a_number_in_one_alert_and_null_in_another_reads_the_same_way() {
+    let with = |v: &str| {
+        let body = format!(
+            r#"{{"rule":"R","priority":"Notice","output":"x","output_fields":{{"ka.response.code":{v}}}}}"#
+        );
+        falco::parse(body.as_bytes())
+            .expect("parses")
+            .field("ka.response.code")
+    };
+    assert_eq!(with("403").as_deref(), Some("403"));
+    assert_eq!(with("\"403\"").as_deref(), Some("403"));
+    assert_eq!(with("null"), None);
+    assert_eq!(with("\"<NA>\""), None);
+}
+
+#[test]
+fn an_unparseable_time_is_kept_as_sent_and_not_trusted() {
+    let body = br#"{"rule":"R","priority":"Notice","output":"x","time":"11:00:00.123","output_fields":{}}"#;
+    let alert = falco::parse(body).expect("parses");
+    assert_eq!(alert.time.as_deref(), Some("11:00:00.123"));
+    assert_eq!(alert.timestamp, None);
+}
