@@ -3,6 +3,7 @@
 
 use super::context::PodContext;
 use crate::crd::Subject;
+use crate::falco::is_dns_label;
 use crate::knowledge::ManifestKind;
 use k8s_openapi::api::admissionregistration::v1 as admission;
 use k8s_openapi::api::core::v1::Namespace;
@@ -76,7 +77,7 @@ fn workload_selector(inputs: &Inputs<'_>) -> Option<(BTreeMap<String, String>, O
     if !labels.is_empty() {
         return Some((labels, None));
     }
-    let namespace = inputs.subject.namespace.as_deref()?;
+    let namespace = subject_namespace(inputs)?;
     let pod = inputs.subject.pod.as_deref()?;
     let value = label_value(pod);
     let command = format!(
@@ -92,7 +93,7 @@ fn workload_selector(inputs: &Inputs<'_>) -> Option<(BTreeMap<String, String>, O
 }
 
 fn network_policy(inputs: &Inputs<'_>, isolation: Isolation) -> Option<Generated> {
-    let namespace = inputs.subject.namespace.clone()?;
+    let namespace = subject_namespace(inputs)?.to_string();
     let (match_labels, prerequisite) = workload_selector(inputs)?;
     let base = workload_name(inputs).unwrap_or("pod");
     let (suffix, spec) = match isolation {
@@ -161,7 +162,7 @@ pub fn isolation_policy(
     egress: bool,
     allow_dns: bool,
 ) -> Option<(NetworkPolicy, Option<(String, String)>)> {
-    let namespace = inputs.subject.namespace.clone()?;
+    let namespace = subject_namespace(inputs)?.to_string();
     let (match_labels, prerequisite) = workload_selector(inputs)?;
     let quarantine = prerequisite.and_then(|_| {
         match_labels
@@ -213,11 +214,10 @@ pub fn isolation_policy(
 }
 
 fn pod_security(inputs: &Inputs<'_>) -> Option<Generated> {
-    let namespace = inputs
-        .subject
-        .namespace
-        .clone()
-        .or_else(|| field(inputs, "ka.target.namespace"))?;
+    let namespace = subject_namespace(inputs)
+        .map(str::to_string)
+        .or_else(|| field(inputs, "ka.target.namespace"))
+        .filter(|ns| is_dns_label(ns))?;
     let ns = Namespace {
         metadata: ObjectMeta {
             name: Some(namespace),
@@ -246,11 +246,10 @@ fn pod_security(inputs: &Inputs<'_>) -> Option<Generated> {
 }
 
 fn deny_privileged(inputs: &Inputs<'_>) -> Option<Generated> {
-    let namespace = inputs
-        .subject
-        .namespace
-        .clone()
-        .or_else(|| field(inputs, "ka.target.namespace"))?;
+    let namespace = subject_namespace(inputs)
+        .map(str::to_string)
+        .or_else(|| field(inputs, "ka.target.namespace"))
+        .filter(|ns| is_dns_label(ns))?;
     let name = object_name("peregrine-deny-privileged", &namespace);
     let all_containers = "object.spec.containers + (has(object.spec.initContainers) ? object.spec.initContainers : []) + (has(object.spec.ephemeralContainers) ? object.spec.ephemeralContainers : [])";
     let check = |expression: String, message: &str| admission::Validation {
@@ -322,8 +321,9 @@ fn deny_privileged(inputs: &Inputs<'_>) -> Option<Generated> {
 
 fn readonly_role(inputs: &Inputs<'_>) -> Option<Generated> {
     let user = field(inputs, "ka.user.name")?;
-    let namespace =
-        field(inputs, "ka.target.namespace").or_else(|| inputs.subject.namespace.clone())?;
+    let namespace = field(inputs, "ka.target.namespace")
+        .or_else(|| inputs.subject.namespace.clone())
+        .filter(|ns| is_dns_label(ns))?;
     let name = object_name("peregrine-readonly", &user);
     let role = Role {
         metadata: ObjectMeta {
@@ -363,6 +363,9 @@ fn readonly_role(inputs: &Inputs<'_>) -> Option<Generated> {
     let subject = match user
         .strip_prefix("system:serviceaccount:")
         .and_then(|r| r.split_once(':'))
+        // Anything else is bound as the User it is named: the API server
+        // authenticates a ServiceAccount as exactly that user name.
+        .filter(|(ns, sa)| is_dns_label(ns) && is_dns_label(sa))
     {
         Some((ns, sa)) => RbacSubject {
             kind: "ServiceAccount".into(),
@@ -396,6 +399,16 @@ fn readonly_role(inputs: &Inputs<'_>) -> Option<Generated> {
     })
 }
 
+/// The incident's namespace, when it is one that can exist: a manifest for
+/// any other (a forged or garbled alert) would only be refused.
+fn subject_namespace<'a>(inputs: &'a Inputs<'_>) -> Option<&'a str> {
+    inputs
+        .subject
+        .namespace
+        .as_deref()
+        .filter(|ns| is_dns_label(ns))
+}
+
 fn field(inputs: &Inputs<'_>, key: &str) -> Option<String> {
     inputs.fields.get(key).and_then(crate::falco::value_text)
 }
@@ -422,7 +435,7 @@ fn to_yaml<T: serde::Serialize>(objects: &[&T]) -> Option<String> {
 pub fn object_name(prefix: &str, base: &str) -> String {
     let slug = slug(base);
     let name = format!("{prefix}-{slug}");
-    if name.len() <= 63 && slug == base {
+    if name.len() <= 63 && !slug.is_empty() && slug == base {
         return name;
     }
     let hash = super::short_hash(base);
