@@ -86,7 +86,8 @@ impl FromStr for Priority {
             "notice" => Priority::Notice,
             "informational" | "info" => Priority::Informational,
             "debug" => Priority::Debug,
-            _ => return Err(UnknownPriority(s.to_string())),
+            // The value goes back to whoever sent it, and to the logs: keep it short.
+            _ => return Err(UnknownPriority(s.chars().take(32).collect())),
         };
         Ok(p)
     }
