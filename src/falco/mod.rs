@@ -7,6 +7,6 @@ mod alert;
 mod fields;
 mod subject;
 
-pub use alert::{Alert, ParseError, parse};
+pub use alert::{Alert, MAX_DEPTH, ParseError, parse};
 pub use fields::{is_missing, value_text};
 pub use subject::{is_dns_label, subject_of};
