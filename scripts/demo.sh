@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # `make demo`: a local control plane, the CRDs, the operator, a replay of the
 # sample alerts in examples/alerts/, then what `kubectl get alertreports`
-# shows. Everything it started is stopped at the end.
+# shows, and a sample policy from examples/policies/ deciding on a report.
+# Everything it started is stopped at the end.
 #
-# Environment: DEMO_INTAKE_PORT (default 2801), DEMO_HEALTH_PORT (default 8081).
+# Environment: DEMO_INTAKE_PORT (default 2801), DEMO_HEALTH_PORT (default 8081),
+# DEMO_CONTROLPLANE_DIR (default target/controlplane; another directory runs
+# a control plane of its own next to one already in use).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 intake_port=${DEMO_INTAKE_PORT:-2801}
 health_port=${DEMO_HEALTH_PORT:-8081}
+cp_dir=${DEMO_CONTROLPLANE_DIR:-target/controlplane}
 work=$(mktemp -d)
 operator_pid=
 started_controlplane=
@@ -23,7 +27,7 @@ cleanup() {
 		wait "$operator_pid" 2>/dev/null || true
 	fi
 	if [[ -n $started_controlplane ]]; then
-		make --no-print-directory controlplane-down || true
+		make --no-print-directory controlplane-down CONTROLPLANE_DIR="$cp_dir" || true
 	fi
 	if ((status != 0)) && [[ -f $work/operator.log ]]; then
 		echo "the demo failed; the operator's log ends with:" >&2
@@ -39,11 +43,11 @@ if ! command -v kubectl >/dev/null; then
 fi
 
 step "Local control plane (etcd, kube-apiserver, kube-controller-manager)"
-if [[ ! -f target/controlplane/kubeconfig ]]; then
+if [[ ! -f $cp_dir/kubeconfig ]]; then
 	started_controlplane=1
 fi
-make --no-print-directory controlplane
-export KUBECONFIG=$root/target/controlplane/kubeconfig
+make --no-print-directory controlplane CONTROLPLANE_DIR="$cp_dir"
+export KUBECONFIG=$root/$cp_dir/kubeconfig
 
 step "CRDs from crds/"
 kubectl apply --server-side -f crds/
@@ -92,6 +96,30 @@ for _ in $(seq 300); do
 done
 [[ -n $web_pod ]] || { echo "the web pod was not created" >&2; exit 1; }
 echo "web pod: $web_pod, db pod: $db_pod"
+# Remediation verifies its target before acting: the pod must run on the
+# alert's node with the alert's container id. Stand in for the scheduler and
+# the kubelet so the web pod is that pod.
+kubectl apply -f - >/dev/null <<'YAML'
+apiVersion: v1
+kind: Node
+metadata: {name: worker-1, labels: {kubernetes.io/hostname: worker-1}}
+YAML
+if [[ -z $(kubectl -n shop get pod "$web_pod" -o jsonpath='{.spec.nodeName}') ]]; then
+	kubectl create -f - >/dev/null <<YAML
+apiVersion: v1
+kind: Binding
+metadata: {name: $web_pod, namespace: shop}
+target: {apiVersion: v1, kind: Node, name: worker-1}
+YAML
+fi
+started_at=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+kubectl -n shop patch pod "$web_pod" --subresource=status --type=merge -p "{\"status\": {
+	\"phase\": \"Running\",
+	\"containerStatuses\": [{\"name\": \"web\", \"image\": \"registry.example.com/shop/web:1.4.2\", \"imageID\": \"\",
+		\"containerID\": \"containerd://3f2a9c1b7d4e$(printf '0%.0s' $(seq 52))\",
+		\"ready\": true, \"started\": true, \"restartCount\": 0,
+		\"state\": {\"running\": {\"startedAt\": \"$started_at\"}}}]}}" >/dev/null
+echo "web pod running on node worker-1 (container 3f2a9c1b7d4e, as the alert says)"
 
 step "The operator (peregrine run), with a bearer token"
 cargo build --quiet --bin peregrine
@@ -137,6 +165,27 @@ for _ in $(seq 150); do
 	sleep 0.2
 done
 kubectl get alertreports -A
+
+step "A first policy: kubectl -n shop apply -f examples/policies/label-shells-dry-run.yaml"
+kubectl -n shop apply -f examples/policies/label-shells-dry-run.yaml
+shell_report=$(kubectl -n shop get ar -l peregrine.dev/rule=terminal-shell-in-container -o name)
+decided=
+for _ in $(seq 150); do
+	decided=$(kubectl -n shop get "$shell_report" -o jsonpath='{.status.remediations[*].state}' 2>/dev/null || true)
+	[[ -n $decided ]] && break
+	sleep 0.2
+done
+[[ -n $decided ]] || { echo "the policy decided nothing on $shell_report" >&2; exit 1; }
+echo "status.remediations of $shell_report:"
+kubectl -n shop get "$shell_report" -o jsonpath='{range .status.remediations[*]}  policy: {.policy}{"\n"}  action: {.action}  target: {.target}{"\n"}  state:  {.state}{"\n"}  reason: {.reason}{"\n"}  decided at: {.decidedAt}{"\n"}{end}'
+echo "the pod's labels (DryRun changed nothing):"
+kubectl -n shop get pod "$web_pod" -o jsonpath='  {.metadata.labels}{"\n"}'
+for _ in $(seq 50); do
+	kubectl -n shop get remediationpolicy label-shells -o jsonpath='{.status.conditions[0].type}' 2>/dev/null | grep -q Ready && break
+	sleep 0.2
+done
+kubectl -n shop get remediationpolicies
+echo "to act, set mode: Enforce; see \"Write a first policy\" in the README"
 
 report=$(kubectl -n shop get ar -l peregrine.dev/rule=drop-and-execute-new-binary-in-container -o name)
 step "One report in full: kubectl -n shop get $report -o yaml"
