@@ -13,6 +13,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// Connections refused for want of a slot are logged at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// What the connection told about its peer, for the request handler.
 #[derive(Clone, Debug)]
 pub struct Peer {
@@ -43,6 +46,7 @@ pub async fn serve(
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let (mut refused, mut last_warned) = (0u64, None);
     loop {
         let (stream, addr) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -57,7 +61,13 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%addr, max = limits.max_connections, "too many intake connections: closing a new one");
+            // A flood of connections must not become a flood of log lines.
+            refused += 1;
+            if last_warned.is_none_or(|t: std::time::Instant| t.elapsed() >= WARN_EVERY) {
+                tracing::warn!(%addr, refused, max = limits.max_connections, "too many intake connections: closing new ones");
+                refused = 0;
+                last_warned = Some(std::time::Instant::now());
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
