@@ -191,13 +191,38 @@ impl IntakeClient {
     }
 }
 
+/// The system's root certificates (`SSL_CERT_FILE`/`SSL_CERT_DIR`, else the
+/// platform's store), read once. Empty when there are none: every TLS
+/// handshake then fails with an unknown issuer.
+pub fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let loaded = rustls_native_certs::load_native_certs();
+        for error in &loaded.errors {
+            tracing::warn!(%error, "cannot read some of the system's root certificates");
+        }
+        if loaded.certs.is_empty() {
+            tracing::warn!(
+                "no system root certificates found: https webhooks will fail. Install ca-certificates in the image or set SSL_CERT_FILE"
+            );
+        }
+        loaded.certs
+    })
+}
+
 fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, ReplayError> {
     let tls = |e: &dyn std::fmt::Display| ReplayError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
-    if let Some(ca) = &files.ca {
-        for cert in CertificateDer::pem_file_iter(ca).map_err(|e| tls(&e))? {
-            roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+    match &files.ca {
+        Some(ca) => {
+            for cert in CertificateDer::pem_file_iter(ca).map_err(|e| tls(&e))? {
+                roots.add(cert.map_err(|e| tls(&e))?).map_err(|e| tls(&e))?;
+            }
+        }
+        // Without a CA file, trust what the system trusts (webhooks such as Slack's).
+        None => {
+            roots.add_parsable_certificates(system_roots().iter().cloned());
         }
     }
     let builder = ClientConfig::builder_with_provider(provider)

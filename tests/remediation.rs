@@ -1183,3 +1183,179 @@ async fn sigkilling_the_lease_holder_mid_stream_repeats_no_action_and_loses_no_d
     drop(follower);
     Ok(())
 }
+
+/// An https server on 127.0.0.1 with a self-signed certificate nobody trusts.
+async fn untrusted_https() -> anyhow::Result<String> {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(vec![cert.cert.der().clone()], key)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://localhost:{}/hook", listener.local_addr()?.port());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(tcp).await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+#[tokio::test]
+async fn notify_posts_json_and_slack_from_the_secret_and_says_what_is_missing() -> anyhow::Result<()>
+{
+    let _one = ONE_AT_A_TIME.lock().await;
+    let cp = control_plane().await?;
+    let scene = Scene::new(cp, "notify", "web").await?;
+    let (operator, _home) = start_operator(cp, &[]).await?;
+    let hook = Webhook::start(None).await?;
+    webhook_secret(&scene.client, scene.ns.name(), "hook", &hook.url).await?;
+    webhook_secret(
+        &scene.client,
+        scene.ns.name(),
+        "tls-hook",
+        &untrusted_https().await?,
+    )
+    .await?;
+    scene
+        .policy(
+            "tell",
+            json!({"mode": "Enforce", "actions": [
+                {"type": "Notify", "secretRef": {"name": "hook"}},
+                {"type": "Notify", "secretRef": {"name": "hook", "key": "url"}, "format": "Slack"},
+                {"type": "Notify", "secretRef": {"name": "absent"}},
+                {"type": "Notify", "secretRef": {"name": "hook", "key": "webhook"}},
+                {"type": "Notify", "secretRef": {"name": "tls-hook"}},
+                {"type": "Label", "labels": {"notified": "true"}}
+            ]}),
+        )
+        .await?;
+    post(&mut operator.client(None), &scene.alert()).await?;
+    let report = wait_records(&scene.client, scene.ns.name(), "six outcomes", |r| {
+        r.len() == 6
+            && r.iter()
+                .all(|r| !matches!(r.state, RemediationState::Running))
+    })
+    .await?;
+    let rs = records(&report);
+    let ns = scene.ns.name();
+    let by_index = |i: u32| rs.iter().find(|r| r.action_index == i).unwrap();
+    assert_eq!(by_index(0).state, RemediationState::Succeeded, "{rs:#?}");
+    assert_eq!(by_index(1).state, RemediationState::Succeeded, "{rs:#?}");
+    assert!(
+        by_index(1).reason.contains("Slack"),
+        "{}",
+        by_index(1).reason
+    );
+    let missing = by_index(2);
+    assert_eq!(missing.state, RemediationState::Failed);
+    assert!(
+        missing.reason.contains(&format!("Secret {ns}/absent")),
+        "{}",
+        missing.reason
+    );
+    let no_key = by_index(3);
+    assert_eq!(no_key.state, RemediationState::Failed);
+    assert!(
+        no_key.reason.contains(&format!("{ns}/hook")) && no_key.reason.contains("\"webhook\""),
+        "{}",
+        no_key.reason
+    );
+    let tls = by_index(4);
+    assert_eq!(tls.state, RemediationState::Failed);
+    assert!(tls.reason.contains("TLS"), "{}", tls.reason);
+    assert!(
+        !tls.reason.contains("localhost:"),
+        "the URL stays secret: {}",
+        tls.reason
+    );
+    assert_eq!(by_index(5).state, RemediationState::Succeeded);
+
+    // What the webhook received: Peregrine's JSON, then Slack's {"text"}.
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:#?}");
+    let (headers, json_body) = &seen[0];
+    assert_eq!(
+        headers
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+        Some(&b"application/json"[..])
+    );
+    assert_eq!(json_body["report"], json!(report.name_any()));
+    assert_eq!(json_body["namespace"], json!(ns));
+    assert_eq!(json_body["rule"], json!("Terminal shell in container"));
+    assert_eq!(json_body["pod"], json!(scene.pod.name_any()));
+    assert_eq!(json_body["policy"], json!(format!("{ns}/tell")));
+    assert_eq!(json_body["count"], json!(1));
+    let text = seen[1].1["text"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("*Terminal shell in container*")
+            && text.contains(&format!("`{ns}/{}`", scene.pod.name_any())),
+        "{text}"
+    );
+
+    // Every action left an Event a person can read, on the report and on the
+    // pod it touched. Repeats of one reason are counted in a series.
+    let times = |e: &k8s_openapi::api::events::v1::Event| {
+        e.series.as_ref().map_or(1, |s| s.count.max(1)) as usize
+    };
+    let on_report = poll_for("Events on the report", WAIT, || async {
+        let events = events_about(&scene.client, ns, "AlertReport", &report.name_any()).await?;
+        let count = |reason: &str| -> usize {
+            events
+                .iter()
+                .filter(|e| e.reason.as_deref() == Some(reason))
+                .map(times)
+                .sum()
+        };
+        Ok::<_, anyhow::Error>(
+            (count("RemediationSucceeded") >= 3 && count("RemediationFailed") >= 3)
+                .then_some(events),
+        )
+    })
+    .await?;
+    let notes: Vec<String> = on_report.iter().filter_map(|e| e.note.clone()).collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("Notify") && n.contains(&format!("Secret {ns}/"))),
+        "{notes:#?}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("Label") && n.contains("set labels notified=true")),
+        "{notes:#?}"
+    );
+    let on_pod = poll_for("an Event on the pod", WAIT, || async {
+        let events = events_about(&scene.client, ns, "Pod", &scene.pod.name_any()).await?;
+        Ok::<_, anyhow::Error>(
+            events
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("RemediationSucceeded")),
+        )
+    })
+    .await?;
+    assert!(
+        on_pod
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("set labels notified=true")),
+        "{:?}",
+        on_pod.note
+    );
+    assert_eq!(
+        on_pod.related.as_ref().and_then(|r| r.name.clone()),
+        Some(report.name_any()),
+        "the pod's Event points back at the report"
+    );
+    operator.stop().await
+}

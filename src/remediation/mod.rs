@@ -921,7 +921,7 @@ impl Remediator {
                     record.reason = error.to_string();
                     self.publish(
                         &report,
-                        None,
+                        target_ref(&run.target),
                         EventType::Warning,
                         "RemediationFailed",
                         format!("{} {action}: {error}", run.policy.id),

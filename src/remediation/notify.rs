@@ -2,7 +2,7 @@
 
 use super::actions::{ActionError, Done, notify_format, webhook_url};
 use crate::crd::{Action, AlertReport, NotifyFormat};
-use crate::replay::{IntakeClient, TlsFiles};
+use crate::replay::{IntakeClient, ReplayError, TlsFiles};
 use http::Method;
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -66,6 +66,24 @@ pub fn body(report: &AlertReport, policy: &str, format: NotifyFormat) -> Value {
     }
 }
 
+/// Why a webhook could not be used, without its URL (which often holds a
+/// secret token, and ends up in the report's status and Events).
+fn explain(error: ReplayError) -> String {
+    match error {
+        ReplayError::BadUrl(_) => {
+            "the value is not an http:// or https:// URL: put the webhook URL there".into()
+        }
+        ReplayError::Connect { message, .. } => match message.strip_prefix("TLS: ") {
+            Some(tls) => format!(
+                "TLS with the webhook failed ({tls}): its certificate must be valid for the URL's host and chain to a root certificate the operator's system trusts"
+            ),
+            None => format!("cannot connect to the webhook: {message}"),
+        },
+        ReplayError::Tls(message) => format!("cannot set up TLS: {message}"),
+        other => other.to_string(),
+    }
+}
+
 /// Sends the notification.
 pub async fn send(
     client: &Client,
@@ -84,8 +102,8 @@ pub async fn send(
         secret: secret_name.clone(),
         message,
     };
-    let mut http = IntakeClient::new(&url, None, &TlsFiles::default())
-        .map_err(|e| failed(format!("the URL is not usable: {e}")))?;
+    let mut http =
+        IntakeClient::new(&url, None, &TlsFiles::default()).map_err(|e| failed(explain(e)))?;
     let payload = body(report, policy, notify_format(action));
     let bytes = serde_json::to_vec(&payload).map_err(|e| failed(e.to_string()))?;
     let answer = tokio::time::timeout(
@@ -94,7 +112,7 @@ pub async fn send(
     )
     .await
     .map_err(|_| failed(format!("no answer within {}s", TIMEOUT.as_secs())))?
-    .map_err(|e| failed(e.to_string()))?;
+    .map_err(|e| failed(explain(e)))?;
     if !answer.status.is_success() {
         return Err(failed(format!("the webhook answered {}", answer.status)));
     }
