@@ -215,7 +215,8 @@ pub async fn start(
             },
             metrics.clone(),
         )
-        .with_cluster(cluster.clone()),
+        .with_cluster(cluster.clone())
+        .with_readiness(readiness.clone()),
     );
     let writer_stop = CancellationToken::new();
     let writer_task = tokio::spawn(writer.clone().run(writer_stop.clone()));

@@ -134,7 +134,11 @@ pub struct Writer {
     metrics: Metrics,
     known: Mutex<HashMap<ReportKey, Known>>,
     cluster: Option<ClusterCache>,
+    readiness: Option<crate::health::Readiness>,
 }
+
+/// The part of `/readyz` the writer owns: not ready while reports cannot be written.
+pub const READINESS_PART: &str = "reports";
 
 impl Writer {
     pub fn new(
@@ -154,7 +158,16 @@ impl Writer {
             metrics,
             known: Mutex::new(HashMap::new()),
             cluster: None,
+            readiness: None,
         }
+    }
+
+    /// Says in `/readyz` why reports cannot be written (the API server does
+    /// not answer, or refuses), until a write succeeds again. The intake keeps
+    /// accepting meanwhile: the alerts wait in the queue.
+    pub fn with_readiness(mut self, readiness: crate::health::Readiness) -> Writer {
+        self.readiness = Some(readiness);
+        self
     }
 
     /// Reads pod facts from `cluster` when re-analysing a report.
@@ -260,6 +273,19 @@ impl Writer {
                         .drop("rejected_by_api", pending.priority(), pending.delta.count);
                     tracing::error!(report = %pending.key, %error, alerts = pending.delta.count, "the API server refuses this report: its alerts are dropped");
                     return;
+                }
+                if let Some(readiness) = &self.readiness {
+                    match &result {
+                        Ok(()) => readiness.clear(READINESS_PART),
+                        Err(WriteError::Contended { .. }) => {}
+                        Err(error) => readiness.block(
+                            READINESS_PART,
+                            format!(
+                                "cannot write AlertReports: {error}; {} accepted alerts wait in the queue",
+                                self.queue.alerts() + pending.delta.count
+                            ),
+                        ),
+                    }
                 }
                 if let Err(error) = result {
                     pending.attempts = pending.attempts.saturating_add(1);
