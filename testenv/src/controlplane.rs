@@ -66,6 +66,15 @@ pub struct ControlPlane {
     kubeconfig_path: PathBuf,
     kubeconfig: Kubeconfig,
     processes: Mutex<Vec<Process>>,
+    /// How each component was started, to start it again after a fault.
+    specs: Mutex<Vec<Spec>>,
+}
+
+#[derive(Clone)]
+struct Spec {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -159,6 +168,7 @@ impl ControlPlane {
             kubeconfig_path: kubeconfig_path.clone(),
             kubeconfig,
             processes: Mutex::new(Vec::new()),
+            specs: Mutex::new(Vec::new()),
         };
         let timeout = options.start_timeout;
 
@@ -404,7 +414,141 @@ impl ControlPlane {
         }
     }
 
+    /// Stops one component (`etcd`, `kube-apiserver` or
+    /// `kube-controller-manager`) and leaves the others running: SIGTERM,
+    /// SIGKILL after 10 s. For fault tests; [`ControlPlane::start_component`]
+    /// brings it back. Do it only on a control plane no other test is using
+    /// at the time (a test binary of its own, or [`ControlPlane::start`]).
+    pub fn stop_component(&self, name: &str) -> Result<()> {
+        let mut processes = self.processes.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(at) = processes.iter().position(|p| p.name == name) else {
+            return Err(Error::Manifest(format!("{name} is not running")));
+        };
+        let mut process = processes.remove(at);
+        drop(processes);
+        process.stop(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// Starts a component stopped by [`ControlPlane::stop_component`] again,
+    /// with the same flags, data directory and port, and waits until it
+    /// answers (etcd `/health`, kube-apiserver `/readyz`).
+    pub fn start_component(&self, name: &str, timeout: Duration) -> Result<()> {
+        let running = self.pids().iter().any(|(n, _)| *n == name);
+        if running {
+            return Err(Error::Manifest(format!("{name} is already running")));
+        }
+        let spec = self
+            .specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.name == name)
+            .cloned()
+            .ok_or_else(|| Error::Manifest(format!("no component named {name}")))?;
+        let mut process = Process::start(
+            spec.name,
+            &spec.program,
+            &spec.args,
+            self.log_path(spec.name),
+        )?;
+        let etcd_port = spec
+            .args
+            .iter()
+            .find_map(|a| a.strip_prefix("--listen-client-urls=http://127.0.0.1:"))
+            .and_then(|p| p.parse::<u16>().ok());
+        let admin = self.kubeconfig.clone();
+        let deadline = Instant::now() + timeout;
+        let process = block_on(move || async move {
+            loop {
+                if let Some(status) = process.exited() {
+                    return Err(process.failure(format!("exited with {status}")));
+                }
+                let ready = match (spec.name, etcd_port) {
+                    (ETCD, Some(port)) => http_get_plain(port, "/health")
+                        .await
+                        .is_some_and(|b| b.contains("true")),
+                    (APISERVER, _) => {
+                        match client_from(admin.clone(), Some(Duration::from_secs(5))).await {
+                            Ok(client) => get_text(&client, "/readyz")
+                                .await
+                                .is_some_and(|b| b.trim() == "ok"),
+                            Err(_) => false,
+                        }
+                    }
+                    _ => true,
+                };
+                if ready {
+                    return Ok(process);
+                }
+                if Instant::now() >= deadline {
+                    return Err(process.failure(format!("not ready after {} s", timeout.as_secs())));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })??;
+        self.processes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(process);
+        Ok(())
+    }
+
+    /// Stops a component and starts it again (see [`ControlPlane::stop_component`]).
+    pub fn restart_component(&self, name: &str, timeout: Duration) -> Result<()> {
+        self.stop_component(name)?;
+        self.start_component(name, timeout)
+    }
+
+    /// Compacts etcd's history up to its current revision, so that a watch
+    /// from an older resource version fails with `410 Gone` once the API
+    /// server's watch cache no longer holds it. Returns the revision.
+    pub fn compact_etcd(&self) -> Result<i64> {
+        let port = self
+            .specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .find(|s| s.name == ETCD)
+            .and_then(|s| {
+                s.args
+                    .iter()
+                    .find_map(|a| a.strip_prefix("--listen-client-urls=http://127.0.0.1:"))
+                    .and_then(|p| p.parse::<u16>().ok())
+            })
+            .ok_or_else(|| Error::Manifest("no etcd port".into()))?;
+        block_on(move || async move {
+            let range = http_post_plain(port, "/v3/kv/range", r#"{"key":"AA=="}"#)
+                .await
+                .ok_or_else(|| Error::Manifest("etcd did not answer /v3/kv/range".into()))?;
+            let revision = serde_json::from_str::<serde_json::Value>(&range)
+                .ok()
+                .and_then(|v| {
+                    v["header"]["revision"]
+                        .as_str()
+                        .and_then(|r| r.parse::<i64>().ok())
+                })
+                .ok_or_else(|| Error::Manifest(format!("no revision in {range}")))?;
+            http_post_plain(
+                port,
+                "/v3/kv/compaction",
+                &format!(r#"{{"revision":"{revision}","physical":true}}"#),
+            )
+            .await
+            .ok_or_else(|| Error::Manifest("etcd did not compact".into()))?;
+            Ok(revision)
+        })?
+    }
+
     fn spawn(&mut self, name: &'static str, bin: &Path, args: Vec<String>) -> Result<()> {
+        self.specs
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Spec {
+                name,
+                program: bin.join(name),
+                args: args.clone(),
+            });
         let process = Process::start(name, &bin.join(name), &args, self.log_path(name))?;
         self.processes
             .get_mut()
@@ -528,6 +672,30 @@ async fn http_get_plain(port: u16, path: &str) -> Option<String> {
         head.starts_with("HTTP/1.").then(|| body.to_string())
     };
     tokio::time::timeout(Duration::from_secs(2), fut)
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn http_post_plain(port: u16, path: &str, body: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fut = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let request = format!(
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.ok()?;
+        let (head, body) = response.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200")
+            .then(|| body.to_string())
+            .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+    };
+    tokio::time::timeout(Duration::from_secs(5), fut)
         .await
         .ok()
         .flatten()
