@@ -1,0 +1,140 @@
+//! The operator killed with SIGKILL mid-stream: what it had acknowledged but
+//! not yet written is lost, and no more than that; started again, it counts
+//! on from what its reports say, without counting anything twice.
+//! (SIGTERM mid-stream loses nothing: tests/reports_restart.rs.)
+
+#[path = "support/binary.rs"]
+mod binary;
+#[path = "support/operator.rs"]
+mod support;
+
+use binary::{Binary, free_port};
+use peregrine::replay::{IntakeClient, TlsFiles};
+use peregrine_testenv::{TestNamespace, poll_until};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+
+#[tokio::test]
+async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
+    let flush = Duration::from_millis(500);
+    let cp = control_plane().await?;
+    let client = cp.client().await?;
+    let ns = TestNamespace::create(&client, "sigkill").await?;
+    let tokens = TokenFile::new();
+    let (intake_port, health_port) = (free_port()?, free_port()?);
+    let args: Vec<String> = [
+        "--intake-addr",
+        &format!("127.0.0.1:{intake_port}"),
+        "--health-addr",
+        &format!("127.0.0.1:{health_port}"),
+        "--namespace",
+        ns.name(),
+        "--intake-token-file",
+        &tokens.arg(),
+        "--flush-interval",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let log = std::env::temp_dir().join(format!("{}.log", ns.name()));
+    let mut first = Binary::start(cp, &args, health_port, log.clone())?;
+    first.wait_ready().await?;
+
+    // When each alert was acknowledged.
+    let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let alert = serde_json::to_vec(&shell_alert(ns.name(), "web-7d9f8b6c5d-x2k4q", "worker-1"))?;
+    let sender = {
+        let (acks, stop, token) = (acks.clone(), stop.clone(), tokens.token.clone());
+        tokio::spawn(async move {
+            let url = format!("http://127.0.0.1:{intake_port}/v1/falco");
+            while !stop.load(Ordering::SeqCst) {
+                // A fresh client after a failure: the old connection died with the process.
+                let Ok(mut intake) =
+                    IntakeClient::new(&url, Some(token.clone()), &TlsFiles::default())
+                else {
+                    continue;
+                };
+                while !stop.load(Ordering::SeqCst) {
+                    match intake.post_alert(alert.clone()).await {
+                        Ok(a) if a.status.as_u16() == 202 => {
+                            acks.lock()
+                                .map_err(|_| anyhow::anyhow!("poisoned"))?
+                                .push(Instant::now());
+                        }
+                        _ => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+    };
+    let acked = |acks: &Mutex<Vec<Instant>>| acks.lock().map(|a| a.len()).unwrap_or(0);
+    poll_until("500 alerts acknowledged", Duration::from_secs(60), || {
+        let n = acked(&acks);
+        async move { Ok::<_, anyhow::Error>(n >= 500) }
+    })
+    .await?;
+    let killed_at = Instant::now();
+    first.kill()?;
+    let (acked_before_kill, in_last_flush, in_last_3s) = {
+        let a = acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let since = |d: Duration| {
+            a.iter()
+                .filter(|t| killed_at.duration_since(**t) <= d)
+                .count()
+        };
+        (a.len(), since(flush), since(Duration::from_secs(3)))
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let counted_after_kill = reports(&client, ns.name())
+        .await?
+        .iter()
+        .map(count)
+        .sum::<u64>();
+    let lost = acked_before_kill as u64 - counted_after_kill.min(acked_before_kill as u64);
+    eprintln!(
+        "SIGKILL: {acked_before_kill} acknowledged, {counted_after_kill} counted: {lost} lost ({in_last_flush} acknowledged in the last flush interval of {flush:?}, {in_last_3s} in the last 3 s)"
+    );
+    assert!(
+        counted_after_kill <= acked_before_kill as u64,
+        "counted more than acknowledged"
+    );
+    assert!(
+        lost <= in_last_3s as u64,
+        "lost {lost}, more than the {in_last_3s} acknowledged in the 3 s before the kill"
+    );
+
+    // Started again: everything acknowledged from now on is counted, once.
+    let mut second = Binary::start(cp, &args, health_port, log.clone())?;
+    second.wait_ready().await?;
+    poll_until("300 more acknowledged", Duration::from_secs(60), || {
+        let n = acked(&acks);
+        async move { Ok::<_, anyhow::Error>(n >= acked_before_kill + 300) }
+    })
+    .await?;
+    second.terminate().await?;
+    stop.store(true, Ordering::SeqCst);
+    sender.await??;
+    let after_restart = acked(&acks) - acked_before_kill;
+    let total = reports(&client, ns.name())
+        .await?
+        .iter()
+        .map(count)
+        .sum::<u64>();
+    eprintln!("after the restart: {after_restart} acknowledged, report at {total}");
+    assert_eq!(
+        total,
+        counted_after_kill + after_restart as u64,
+        "after the restart every acknowledged alert is counted once"
+    );
+    let _ = std::fs::remove_file(log);
+    Ok(())
+}
