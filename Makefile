@@ -134,3 +134,17 @@ BENCH_ARGS ?=
 
 bench: controlplane-build
 	./scripts/bench.sh $(BENCH_ARGS)
+
+# ---------------------------------------------------------------------------
+# The long run of the hostile-input properties and the long faults. `make test`
+# runs the same properties with a few hundred cases each and a 20 s outage.
+#
+#   make fuzz                         1,000,000 cases per property, 60 s outage
+#   make fuzz FUZZ_CASES=100000       fewer
+# ---------------------------------------------------------------------------
+.PHONY: fuzz
+FUZZ_CASES ?= 1000000
+
+fuzz: controlplane-build
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --release --test hostile_properties -- --nocapture
+	PEREGRINE_OUTAGE_SECS=60 $(CARGO) test --test reliability_apiserver -- --nocapture
