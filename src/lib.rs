@@ -13,6 +13,7 @@ pub mod intake;
 pub mod knowledge;
 pub mod leader;
 pub mod metrics;
+pub mod names;
 pub mod offline;
 pub mod operator;
 pub mod policy;

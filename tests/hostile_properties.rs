@@ -509,7 +509,7 @@ fn every_generated_name_and_label_value_is_valid() {
                 "peregrine-deny-egress",
                 "peregrine-readonly",
             ] {
-                let name = manifests::object_name(prefix, &a);
+                let name = peregrine::names::object_name(prefix, &a);
                 prop_assert!(is_dns_label(&name), "object_name({a:?}) = {name:?}");
             }
             let fp = fingerprint::fingerprint(
@@ -522,13 +522,13 @@ fn every_generated_name_and_label_value_is_valid() {
             let name = fingerprint::report_name(&a, &fp);
             prop_assert!(is_dns_label(&name), "report_name({a:?}) = {name:?}");
             for v in [
-                manifests::label_value(&a),
+                peregrine::names::label_value(&a),
                 fingerprint::label_value(&b),
                 fingerprint::slug(&c, 63),
             ] {
                 prop_assert!(valid_label_value(&v), "{v:?} from {a:?} {b:?} {c:?}");
             }
-            let slug = manifests::slug(&a);
+            let slug = peregrine::names::slug(&a);
             prop_assert!(
                 slug.bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -550,11 +550,14 @@ fn long_or_odd_values_keep_distinct_names_and_labels() {
         (hostile(), hostile()),
         |(a, b)| {
             prop_assume!(a != b);
-            let (la, lb) = (manifests::label_value(&a), manifests::label_value(&b));
+            let (la, lb) = (
+                peregrine::names::label_value(&a),
+                peregrine::names::label_value(&b),
+            );
             prop_assert!(la != lb, "{a:?} and {b:?} share the label {la:?}");
             let (na, nb) = (
-                manifests::object_name("peregrine-isolate", &a),
-                manifests::object_name("peregrine-isolate", &b),
+                peregrine::names::object_name("peregrine-isolate", &a),
+                peregrine::names::object_name("peregrine-isolate", &b),
             );
             prop_assert!(na != nb, "{a:?} and {b:?} share the name {na:?}");
             Ok(())

@@ -5,6 +5,7 @@ use super::context::PodContext;
 use crate::crd::Subject;
 use crate::falco::is_dns_label;
 use crate::knowledge::ManifestKind;
+use crate::names::{label_value, object_name};
 use k8s_openapi::api::admissionregistration::v1 as admission;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::networking::v1::{
@@ -428,65 +429,6 @@ fn to_yaml<T: serde::Serialize>(objects: &[&T]) -> Option<String> {
         out.push_str(&serde_saphyr::to_string(object).ok()?);
     }
     Some(out)
-}
-
-/// A DNS-1123 label made of `prefix-<base>`, at most 63 characters; a hash
-/// keeps long or odd bases distinct.
-pub fn object_name(prefix: &str, base: &str) -> String {
-    let slug = slug(base);
-    let name = format!("{prefix}-{slug}");
-    if name.len() <= 63 && !slug.is_empty() && slug == base {
-        return name;
-    }
-    let hash = super::short_hash(base);
-    let room = 63 - prefix.len() - 1 - hash.len() - 1;
-    let cut: String = slug.chars().take(room).collect();
-    let cut = cut.trim_end_matches('-');
-    if cut.is_empty() {
-        format!("{prefix}-{hash}")
-    } else {
-        format!("{prefix}-{cut}-{hash}")
-    }
-}
-
-/// Lower-case letters, digits and single dashes only.
-pub fn slug(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() {
-            out.push(c.to_ascii_lowercase());
-        } else if !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    out.trim_matches('-').to_string()
-}
-
-/// A valid label value (≤63, alphanumeric at both ends) that identifies `text`.
-pub fn label_value(text: &str) -> String {
-    let valid = text.len() <= 63
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-        && text
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && text
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if valid {
-        return text.to_string();
-    }
-    let hash = super::short_hash(text);
-    let cut: String = slug(text).chars().take(63 - hash.len() - 1).collect();
-    let cut = cut.trim_end_matches('-');
-    if cut.is_empty() {
-        hash
-    } else {
-        format!("{cut}-{hash}")
-    }
 }
 
 #[cfg(test)]

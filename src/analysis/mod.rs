@@ -109,7 +109,7 @@ impl<'k> Answer<'k> {
             (
                 format!(
                     "peregrine_{}",
-                    manifests::slug(&alert.rule).replace('-', "_")
+                    crate::names::slug(&alert.rule).replace('-', "_")
                 ),
                 generic
                     .exception_fields
@@ -615,14 +615,4 @@ fn cut_to(value: &str, max: usize) -> String {
     let mut s: String = value.chars().take(max).collect();
     s.push('…');
     s
-}
-
-/// A short, stable hash (10 hex digits of FNV-1a 64), for names and label values.
-pub fn short_hash(text: &str) -> String {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in text.as_bytes() {
-        hash ^= u64::from(*b);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{:010x}", hash & 0xff_ffff_ffff)
 }

@@ -137,62 +137,17 @@ pub fn report_name(rule: &str, fingerprint: &str) -> String {
     format!("{slug}-{hash}")
 }
 
-/// Lowercase letters, digits and single dashes, at most `max` characters,
-/// starting and ending with a letter or digit; `alert` when nothing is left.
-pub fn slug(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max));
-    for c in text.chars() {
-        if out.len() >= max {
-            break;
-        }
-        let c = c.to_ascii_lowercase();
-        if c.is_ascii_lowercase() || c.is_ascii_digit() {
-            out.push(c);
-        } else if !out.is_empty() && !out.ends_with('-') {
-            out.push('-');
-        }
-    }
-    while out.ends_with('-') {
-        out.pop();
-    }
-    if out.is_empty() {
-        out.push_str("alert");
-    }
-    out
-}
+pub use crate::names::label_value;
 
-/// A valid label value (at most 63 characters of `[A-Za-z0-9._-]`, alphanumeric
-/// at both ends) that stays recognisable; long values keep a hash suffix so
-/// two long names do not collide.
-pub fn label_value(text: &str) -> String {
-    let cleaned: String = text
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let trimmed = |s: &str| {
-        s.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-            .to_string()
-    };
-    if cleaned.len() <= 63 && cleaned == text {
-        return trimmed(&cleaned);
-    }
-    let digest = ring::digest::digest(&ring::digest::SHA256, text.as_bytes());
-    let hash: String = digest.as_ref()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let head: String = cleaned.chars().take(63 - 9).collect();
-    let head = trimmed(&head);
-    if head.is_empty() {
-        hash
+/// The rule part of a name or label: lowercase letters, digits and single
+/// dashes, at most `max` characters; `alert` when nothing is left.
+pub fn slug(text: &str, max: usize) -> String {
+    let cut: String = crate::names::slug(text).chars().take(max).collect();
+    let cut = cut.trim_end_matches('-');
+    if cut.is_empty() {
+        "alert".to_string()
     } else {
-        format!("{head}-{hash}")
+        cut.to_string()
     }
 }
 
