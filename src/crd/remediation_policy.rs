@@ -224,6 +224,7 @@ pub struct Action {
     pub egress: Option<bool>,
     /// For Isolate: still allow DNS egress (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "allowDNS")]
     pub allow_dns: Option<bool>,
     /// For DeletePod: grace period in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
