@@ -47,6 +47,9 @@ pub struct Args {
     /// Seconds per profile (per step of `max`), overriding the defaults: for smoke runs.
     #[arg(long)]
     seconds: Option<f64>,
+    /// `max` stops raising the rate once acknowledgements pass this p99.
+    #[arg(long, default_value_t = 50.0)]
+    max_p99_ms: f64,
     /// Extra flags for `peregrine run`.
     #[arg(long, allow_hyphen_values = true, value_delimiter = ' ')]
     operator_args: Vec<String>,
@@ -237,7 +240,7 @@ async fn run_profile(
     let secs = seconds(args, profile);
     eprintln!("[{name}] load for {secs} s");
     let (outcome, steps) = match profile {
-        Profile::Max => max_steps(nodes, bad, mix.clone(), secs).await,
+        Profile::Max => max_steps(nodes, bad, mix.clone(), secs, args.max_p99_ms).await,
         _ => {
             let (rate, hot) = match profile {
                 Profile::Steady => (50.0, None),
@@ -342,12 +345,13 @@ async fn connect_nodes(
 }
 
 /// `max`: raise the rate step by step until accepted/s stops growing or
-/// acknowledgements pass 50 ms at p99.
+/// acknowledgements pass `max_p99_ms` (50 ms) at p99.
 async fn max_steps(
     mut nodes: Vec<load::Node>,
     mut bad: Vec<(&'static str, client::Connection)>,
     mix: Arc<alerts::Mix>,
     secs: f64,
+    max_p99_ms: f64,
 ) -> (load::Outcome, Vec<stats::Step>) {
     let mut total = load::Outcome::default();
     let mut steps: Vec<stats::Step> = Vec::new();
@@ -369,7 +373,7 @@ async fn max_steps(
             rate, step.accepted_per_s, step.ack_p99_ms
         );
         let grew = step.accepted_per_s > best * 1.05;
-        let slow = step.ack_p99_ms > 50.0;
+        let slow = step.ack_p99_ms > max_p99_ms;
         best = best.max(step.accepted_per_s);
         steps.push(step);
         total.absorb(o);
