@@ -32,6 +32,25 @@ impl Window {
     pub fn clear(&mut self) {
         self.times.clear();
     }
+
+    /// Forgets one event at `at`, if it is still there.
+    pub fn remove(&mut self, at: Timestamp) {
+        if let Some(i) = self.times.iter().position(|t| *t == at) {
+            self.times.remove(i);
+        }
+    }
+}
+
+/// An action counted against the limits, to give back when its decision could
+/// not be recorded (another replica or a newer report won): deciding again must
+/// not find the slot already spent by the decision that never happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Admission {
+    policy: String,
+    workload: String,
+    destructive: bool,
+    at: Timestamp,
+    previous_trigger: Option<Timestamp>,
 }
 
 /// Configured limits.
@@ -125,6 +144,40 @@ impl Limits {
         destructive: bool,
         now: Timestamp,
     ) -> Result<(), Refusal> {
+        self.admit_tentatively(config, policy, workload, rate_limit, destructive, now)
+            .map(|_| ())
+    }
+
+    /// Gives back what [`Limits::admit_tentatively`] counted.
+    pub fn release(&mut self, admission: &Admission) {
+        if let Some(w) = self.per_policy.get_mut(&admission.policy) {
+            w.remove(admission.at);
+        }
+        let key = (admission.policy.clone(), admission.workload.clone());
+        match admission.previous_trigger {
+            Some(previous) => {
+                self.last_trigger.insert(key, previous);
+            }
+            None => {
+                self.last_trigger.remove(&key);
+            }
+        }
+        if admission.destructive {
+            self.destructive.remove(admission.at);
+        }
+        self.all.remove(admission.at);
+    }
+
+    /// Like [`Limits::admit`], returning what to give back if the decision is not recorded.
+    pub fn admit_tentatively(
+        &mut self,
+        config: &LimitConfig,
+        policy: &str,
+        workload: &str,
+        rate_limit: Option<(u32, Duration)>,
+        destructive: bool,
+        now: Timestamp,
+    ) -> Result<Admission, Refusal> {
         if let Some((max, per)) = rate_limit {
             let w = self.per_policy.entry(policy.to_string()).or_default();
             if w.count(now, per) >= max as usize {
@@ -152,13 +205,20 @@ impl Limits {
             .entry(policy.to_string())
             .or_default()
             .push(now);
-        self.last_trigger
+        let previous_trigger = self
+            .last_trigger
             .insert((policy.to_string(), workload.to_string()), now);
         if destructive {
             self.destructive.push(now);
         }
         self.all.push(now);
-        Ok(())
+        Ok(Admission {
+            policy: policy.to_string(),
+            workload: workload.to_string(),
+            destructive,
+            at: now,
+            previous_trigger,
+        })
     }
 }
 
@@ -189,6 +249,21 @@ mod tests {
             matches!(l.admit(&c, "p", "w3", rl, false, at(2)), Err(Refusal::Skip(r)) if r.contains("rate limit"))
         );
         assert_eq!(l.admit(&c, "p", "w3", rl, false, at(11)), Ok(()));
+    }
+
+    #[test]
+    fn a_released_admission_gives_its_slot_and_cooldown_back() {
+        let c = config();
+        let mut l = Limits::default();
+        let rl = Some((1, Duration::from_secs(10)));
+        let a = l.admit_tentatively(&c, "p", "w1", rl, true, at(0)).unwrap();
+        assert!(l.admit(&c, "p", "w2", rl, true, at(1)).is_err());
+        l.release(&a);
+        assert_eq!(
+            l.cooling_down("p", "w1", Some(Duration::from_secs(60)), at(2)),
+            None
+        );
+        assert_eq!(l.admit(&c, "p", "w1", rl, true, at(2)), Ok(()));
     }
 
     #[test]

@@ -38,7 +38,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use limits::{LimitConfig, Limits, Refusal};
+use limits::{Admission, LimitConfig, Limits, Refusal};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -259,6 +259,14 @@ impl Remediator {
 
     fn breaker_reason(&self) -> Option<String> {
         lock(&self.breaker).clone()
+    }
+
+    /// Gives back the limits counted for actions whose decision was not recorded.
+    fn release(&self, runs: &[Run]) {
+        let mut limits = lock(&self.limits);
+        for run in runs {
+            limits.release(&run.admission);
+        }
     }
 
     /// Seeds rate limits, cooldowns and the budget from the records on the reports.
@@ -512,6 +520,8 @@ struct Run {
     policy: PolicyView,
     action: Action,
     target: Target,
+    /// What the limits counted for it, given back if the decision is not recorded.
+    admission: Admission,
 }
 
 /// The live objects an alert names, read once per reconcile.
@@ -592,16 +602,16 @@ impl Remediator {
         Verdict::Verified(Target::Pod(pod))
     }
 
-    /// Passes the limits for one action about to run. `Ok(None)`: run it;
-    /// `Ok(Some(state, reason))`: record that instead.
+    /// Passes the limits for one action about to run: what was counted, or
+    /// the state and reason to record instead.
     async fn gate(
         &self,
         p: &PolicyView,
         action: &Action,
         workload: &str,
-    ) -> Option<(RemediationState, String)> {
+    ) -> Result<Admission, (RemediationState, String)> {
         let rate = p.checked.as_ref().ok().and_then(|c| c.rate_limit);
-        let refusal = lock(&self.limits).admit(
+        let admitted = lock(&self.limits).admit_tentatively(
             &self.config.limits,
             &p.id,
             workload,
@@ -609,12 +619,12 @@ impl Remediator {
             validation::destructive(action.type_),
             Timestamp::now(),
         );
-        match refusal {
-            Ok(()) => None,
-            Err(Refusal::Skip(reason)) => Some((RemediationState::Skipped, reason)),
+        match admitted {
+            Ok(admission) => Ok(admission),
+            Err(Refusal::Skip(reason)) => Err((RemediationState::Skipped, reason)),
             Err(Refusal::BreakerOpened(reason)) => {
                 self.open_breaker(&reason).await;
-                Some((RemediationState::DryRun, format!("DryRun: {reason}")))
+                Err((RemediationState::DryRun, format!("DryRun: {reason}")))
             }
         }
     }
@@ -711,13 +721,14 @@ impl Remediator {
             r.state = state;
             r.reason = reason;
             r.updated_at = now.clone();
-            if let Some(target) = target {
+            if let Some((target, admission)) = target {
                 r.target = Some(target.describe());
                 runs.push(Run {
                     index: i,
                     policy: (*p).clone(),
                     action,
                     target,
+                    admission,
                 });
             }
         }
@@ -773,7 +784,7 @@ impl Remediator {
                         }
                     };
                     let described = match (&target, &state) {
-                        (Some(t), _) => Some(t.describe()),
+                        (Some((t, _)), _) => Some(t.describe()),
                         _ => match self.target(action, &report, &facts) {
                             Verdict::Verified(t) => Some(t.describe()),
                             _ => verify::named_pod(&report).map(|(ns, n)| format!("Pod/{ns}/{n}")),
@@ -794,12 +805,13 @@ impl Remediator {
                         expires_at: None,
                         undo: None,
                     });
-                    if let Some(target) = target {
+                    if let Some((target, admission)) = target {
                         runs.push(Run {
                             index: records.len() - 1,
                             policy: p.clone(),
                             action: action.clone(),
                             target,
+                            admission,
                         });
                     }
                 }
@@ -819,9 +831,11 @@ impl Remediator {
                 Ok(()) => {}
                 Err(kube::Error::Api(s)) if s.code == 409 => {
                     tracing::debug!("the report changed while deciding; deciding again");
+                    self.release(&runs);
                     return Ok(Requeue::requeue(Duration::from_millis(100)));
                 }
                 Err(source) => {
+                    self.release(&runs);
                     return Err(RemediationError::Record {
                         report: report_id,
                         source,
@@ -1004,7 +1018,7 @@ impl Remediator {
         workload: &str,
         breaker: Option<&str>,
         approved: bool,
-    ) -> (RemediationState, String, Option<Target>) {
+    ) -> (RemediationState, String, Option<(Target, Admission)>) {
         let target = match self.target(action, report, facts) {
             Verdict::Verified(t) => t,
             Verdict::Rejected(r) => return (RemediationState::Rejected, r, None),
@@ -1033,12 +1047,12 @@ impl Remediator {
             );
         }
         match self.gate(p, action, workload).await {
-            None => (
+            Ok(admission) => (
                 RemediationState::Running,
                 format!("running: {what}"),
-                Some(target),
+                Some((target, admission)),
             ),
-            Some((state, reason)) => (state, reason, None),
+            Err((state, reason)) => (state, reason, None),
         }
     }
 
