@@ -82,7 +82,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 10_000, env = "PEREGRINE_QUEUE_CAPACITY")]
     pub queue_capacity: usize,
     /// How often waiting alerts are written to their reports (one status write per incident).
-    #[arg(long, default_value = "2s", value_parser = parse_duration, env = "PEREGRINE_FLUSH_INTERVAL")]
+    #[arg(long, default_value = "5s", value_parser = parse_duration, env = "PEREGRINE_FLUSH_INTERVAL")]
     pub flush_interval: Duration,
     /// On SIGTERM, how long to keep writing accepted alerts before giving up. Keep it
     /// below the pod's terminationGracePeriodSeconds.
