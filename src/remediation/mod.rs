@@ -428,13 +428,17 @@ impl Remediator {
         target: Option<ObjectReference>,
         type_: EventType,
         reason: &str,
+        action: &str,
         note: String,
     ) {
+        // The action type is the Event's action: the recorder folds repeats
+        // into one series by (reason, action, object), never by note, so a
+        // shared action would show one note (the first action's) for all.
         let event = Event {
             type_,
             reason: reason.to_string(),
             note: Some(truncate(&note)),
-            action: "Remediate".into(),
+            action: action.to_string(),
             secondary: target.clone(),
         };
         if let Err(error) = self.recorder.publish(&event, &report.object_ref(&())).await {
@@ -861,6 +865,7 @@ impl Remediator {
                         None,
                         type_,
                         &reason,
+                        &r.action,
                         format!("{} {}: {}", r.policy, r.action, r.reason),
                     )
                     .await;
@@ -923,6 +928,7 @@ impl Remediator {
                         target_ref(&run.target),
                         EventType::Normal,
                         "RemediationSucceeded",
+                        action,
                         format!("{} {action}: {}", run.policy.id, done.reason),
                     )
                     .await;
@@ -938,6 +944,7 @@ impl Remediator {
                         target_ref(&run.target),
                         EventType::Warning,
                         "RemediationFailed",
+                        action,
                         format!("{} {action}: {error}", run.policy.id),
                     )
                     .await;
@@ -987,6 +994,7 @@ impl Remediator {
                         None,
                         EventType::Normal,
                         "RemediationReverted",
+                        &record.action,
                         format!("{} {}: {}", record.policy, record.action, record.reason),
                     )
                     .await;
