@@ -8,7 +8,7 @@
 #[path = "support/catalog.rs"]
 mod catalog;
 
-use peregrine::analysis::{self, Context, PodContext, manifests, markdown, render};
+use peregrine::analysis::{self, Context, PodContext, markdown, render};
 use peregrine::crd::{AlertReportSpec, MitigationCategory, Subject, WorkloadRef};
 use peregrine::falco::{self, ParseError};
 use peregrine::report::aggregate::Bounds;
