@@ -8,7 +8,7 @@ mod binary;
 #[path = "support/operator.rs"]
 mod support;
 
-use binary::{Binary, free_port};
+use binary::{Binary, free_port, token_args};
 use peregrine::replay::{IntakeClient, TlsFiles};
 use peregrine_testenv::{TestNamespace, poll_until};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,21 +24,7 @@ async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
     let ns = TestNamespace::create(&client, "sigkill").await?;
     let tokens = TokenFile::new();
     let (intake_port, health_port) = (free_port()?, free_port()?);
-    let args: Vec<String> = [
-        "--intake-addr",
-        &format!("127.0.0.1:{intake_port}"),
-        "--health-addr",
-        &format!("127.0.0.1:{health_port}"),
-        "--namespace",
-        ns.name(),
-        "--intake-token-file",
-        &tokens.arg(),
-        "--flush-interval",
-        "500ms",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = token_args(ns.name(), &tokens.arg(), intake_port, health_port);
     let log = std::env::temp_dir().join(format!("{}.log", ns.name()));
     let mut first = Binary::start(cp, &args, health_port, log.clone())?;
     first.wait_ready().await?;

@@ -17,6 +17,31 @@ pub fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// `peregrine run` arguments for a test: loopback ports, reports in
+/// `namespace`, bearer tokens from `token_file`, a 500 ms flush interval.
+pub fn token_args(
+    namespace: &str,
+    token_file: &str,
+    intake_port: u16,
+    health_port: u16,
+) -> Vec<String> {
+    [
+        "--intake-addr",
+        &format!("127.0.0.1:{intake_port}"),
+        "--health-addr",
+        &format!("127.0.0.1:{health_port}"),
+        "--namespace",
+        namespace,
+        "--intake-token-file",
+        token_file,
+        "--flush-interval",
+        "500ms",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 pub struct Binary {
     pub child: Child,
     pub log: PathBuf,
