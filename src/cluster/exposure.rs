@@ -14,10 +14,26 @@ pub fn is_exposed<'a>(
     ingresses: impl IntoIterator<Item = &'a Ingress> + Clone,
 ) -> bool {
     services.into_iter().any(|svc| {
-        svc.metadata.namespace.as_deref() == Some(namespace)
-            && selects(svc, pod_labels)
-            && (externally_typed(svc) || ingress_backend(namespace, svc, ingresses.clone()))
+        exposes(svc, namespace, pod_labels, |name| {
+            ingresses
+                .clone()
+                .into_iter()
+                .any(|ing| routes_to(ing, namespace, name))
+        })
     })
+}
+
+/// True when `svc` selects the pod and is exposed itself, or `routed(name)`
+/// says an Ingress sends traffic to it.
+pub fn exposes(
+    svc: &Service,
+    namespace: &str,
+    pod_labels: &BTreeMap<String, String>,
+    routed: impl FnOnce(&str) -> bool,
+) -> bool {
+    svc.metadata.namespace.as_deref() == Some(namespace)
+        && selects(svc, pod_labels)
+        && (externally_typed(svc) || svc.metadata.name.as_deref().is_some_and(routed))
 }
 
 fn selects(svc: &Service, pod_labels: &BTreeMap<String, String>) -> bool {
@@ -41,32 +57,29 @@ fn externally_typed(svc: &Service) -> bool {
             .is_some_and(|ips| !ips.is_empty())
 }
 
-fn ingress_backend<'a>(
-    namespace: &str,
-    svc: &Service,
-    ingresses: impl IntoIterator<Item = &'a Ingress>,
-) -> bool {
-    let Some(name) = svc.metadata.name.as_deref() else {
+/// True when Ingress `ing` of `namespace` has Service `service` as a backend.
+pub fn routes_to(ing: &Ingress, namespace: &str, service: &str) -> bool {
+    if ing.metadata.namespace.as_deref() != Some(namespace) {
+        return false;
+    }
+    let Some(spec) = ing.spec.as_ref() else {
         return false;
     };
-    ingresses
-        .into_iter()
-        .filter(|ing| ing.metadata.namespace.as_deref() == Some(namespace))
-        .filter_map(|ing| ing.spec.as_ref())
-        .any(|spec| {
-            let default = spec
-                .default_backend
-                .as_ref()
-                .and_then(|b| b.service.as_ref())
-                .is_some_and(|s| s.name == name);
-            default
-                || spec.rules.iter().flatten().any(|rule| {
-                    rule.http.iter().any(|http| {
-                        http.paths
-                            .iter()
-                            .any(|p| p.backend.service.as_ref().is_some_and(|s| s.name == name))
-                    })
+    let default = spec
+        .default_backend
+        .as_ref()
+        .and_then(|b| b.service.as_ref())
+        .is_some_and(|s| s.name == service);
+    default
+        || spec.rules.iter().flatten().any(|rule| {
+            rule.http.iter().any(|http| {
+                http.paths.iter().any(|p| {
+                    p.backend
+                        .service
+                        .as_ref()
+                        .is_some_and(|s| s.name == service)
                 })
+            })
         })
 }
 

@@ -175,14 +175,17 @@ impl ClusterCache {
         };
         let workload = owner_workload(&pod.metadata, replicaset_owner, job_owner);
         let mut context = pod_context(&pod, workload);
-        let services = self.services.state();
-        let ingresses = self.ingresses.state();
-        context.internet_facing = is_exposed(
-            namespace,
-            &context.labels,
-            services.iter().map(|s| s.as_ref()),
-            ingresses.iter().map(|i| i.as_ref()),
-        );
+        // On the event path: look objects up in place, never copy the caches.
+        context.internet_facing = self
+            .services
+            .find(|svc| {
+                exposure::exposes(svc, namespace, &context.labels, |name| {
+                    self.ingresses
+                        .find(|ing| exposure::routes_to(ing, namespace, name))
+                        .is_some()
+                })
+            })
+            .is_some();
         Some(context)
     }
 
