@@ -3,15 +3,14 @@
 //! hold it; credentials that must not pass. tests/intake.rs covers the
 //! common bad inputs and mutual TLS; this suite adds the rest.
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/operator.rs"]
 mod support;
 
 use peregrine::replay::{IntakeClient, TlsFiles};
-use peregrine_testenv::{TestNamespace, repo_root, unique_name};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use peregrine_testenv::{TestNamespace, repo_root};
+use pki::Pki;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -299,7 +298,11 @@ async fn broken_requests_get_their_status_and_message() -> anyhow::Result<()> {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // Only the valid alert (sent once, with replaced bytes) made a report.
-    let found = wait_for_reports(&client, ns.name(), "the one report", |r| !r.is_empty()).await?;
+    // A new report is applied first and counted by the status write after it.
+    let found = wait_for_reports(&client, ns.name(), "the one report, counted", |r| {
+        !r.is_empty() && count(&r[0]) > 0
+    })
+    .await?;
     assert_eq!(found.len(), 1);
     assert_eq!(count(&found[0]), 1);
     // The intake is still answering after all of it.
@@ -488,72 +491,6 @@ async fn connections_beyond_the_limit_are_closed_and_the_intake_recovers() -> an
     );
     drop(idle);
     operator.stop().await
-}
-
-/// A CA writing leaf certificates into a fresh directory.
-struct Pki {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(name: &str) -> anyhow::Result<Pki> {
-        let dir = std::env::temp_dir().join(unique_name(&format!("peregrine-pki-{name}")));
-        std::fs::create_dir_all(&dir)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = KeyPair::generate()?;
-        let cert = params.self_signed(&key)?;
-        std::fs::write(dir.join("ca.crt"), cert.pem())?;
-        Ok(Pki {
-            dir,
-            issuer: Issuer::new(params, key),
-        })
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.crt")
-    }
-
-    /// A leaf; `expired` makes one that ran out in 2021.
-    fn leaf(&self, name: &str, server: bool, expired: bool) -> anyhow::Result<(PathBuf, PathBuf)> {
-        let sans = if server {
-            vec!["localhost".to_string(), "127.0.0.1".to_string()]
-        } else {
-            vec![]
-        };
-        let mut params = CertificateParams::new(sans)?;
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let key = KeyPair::generate()?;
-        let cert = params.signed_by(&key, &self.issuer)?;
-        let crt = self.dir.join(format!("{name}.crt"));
-        let key_path = self.dir.join(format!("{name}.key"));
-        std::fs::write(&crt, cert.pem())?;
-        std::fs::write(&key_path, key.serialize_pem())?;
-        Ok((crt, key_path))
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 #[tokio::test]
