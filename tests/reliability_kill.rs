@@ -29,7 +29,9 @@ async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
     let mut first = Binary::start(cp, &args, health_port, log.clone())?;
     first.wait_ready().await?;
 
-    // When each alert was acknowledged.
+    // When each acknowledged alert was sent. A response already on its way
+    // when the process dies still arrives afterwards, so an alert belongs to
+    // the operator that was running when it was sent, not when its answer came.
     let acks: Arc<Mutex<Vec<Instant>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let alert = serde_json::to_vec(&shell_alert(ns.name(), "web-7d9f8b6c5d-x2k4q", "worker-1"))?;
@@ -45,11 +47,12 @@ async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
                     continue;
                 };
                 while !stop.load(Ordering::SeqCst) {
+                    let sent = Instant::now();
                     match intake.post_alert(alert.clone()).await {
                         Ok(a) if a.status.as_u16() == 202 => {
                             acks.lock()
                                 .map_err(|_| anyhow::anyhow!("poisoned"))?
-                                .push(Instant::now());
+                                .push(sent);
                         }
                         _ => {
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -63,23 +66,35 @@ async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
         })
     };
     let acked = |acks: &Mutex<Vec<Instant>>| acks.lock().map(|a| a.len()).unwrap_or(0);
+    let acked_since = |acks: &Mutex<Vec<Instant>>, since: Instant| {
+        acks.lock()
+            .map(|a| a.iter().filter(|t| **t >= since).count())
+            .unwrap_or(0)
+    };
     poll_until("500 alerts acknowledged", Duration::from_secs(60), || {
         let n = acked(&acks);
         async move { Ok::<_, anyhow::Error>(n >= 500) }
     })
     .await?;
-    let killed_at = Instant::now();
     first.kill()?;
+    // `kill` returns once the process is reaped: nothing sent from now on can
+    // have been acknowledged by it.
+    let killed_at = Instant::now();
+    // Let answers that were already on their way arrive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let (acked_before_kill, in_last_flush, in_last_3s) = {
         let a = acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let since = |d: Duration| {
+        let sent_before = |d: Duration| {
             a.iter()
-                .filter(|t| killed_at.duration_since(**t) <= d)
+                .filter(|t| **t < killed_at && killed_at.duration_since(**t) <= d)
                 .count()
         };
-        (a.len(), since(flush), since(Duration::from_secs(3)))
+        (
+            a.iter().filter(|t| **t < killed_at).count(),
+            sent_before(flush),
+            sent_before(Duration::from_secs(3)),
+        )
     };
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let counted_after_kill = reports(&client, ns.name())
         .await?
         .iter()
@@ -102,14 +117,14 @@ async fn sigkill_loses_at_most_what_was_in_flight() -> anyhow::Result<()> {
     let mut second = Binary::start(cp, &args, health_port, log.clone())?;
     second.wait_ready().await?;
     poll_until("300 more acknowledged", Duration::from_secs(60), || {
-        let n = acked(&acks);
-        async move { Ok::<_, anyhow::Error>(n >= acked_before_kill + 300) }
+        let n = acked_since(&acks, killed_at);
+        async move { Ok::<_, anyhow::Error>(n >= 300) }
     })
     .await?;
     second.terminate().await?;
     stop.store(true, Ordering::SeqCst);
     sender.await??;
-    let after_restart = acked(&acks) - acked_before_kill;
+    let after_restart = acked_since(&acks, killed_at);
     let total = reports(&client, ns.name())
         .await?
         .iter()
