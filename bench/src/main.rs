@@ -296,6 +296,7 @@ async fn run_profile(
         seconds: secs,
         outcome,
         steps,
+        max_p99_ms: args.max_p99_ms,
         before,
         after,
         reports: figures_reports,
@@ -344,8 +345,10 @@ async fn connect_nodes(
     Ok(nodes)
 }
 
-/// `max`: raise the rate step by step until accepted/s stops growing or
-/// acknowledgements pass `max_p99_ms` (50 ms) at p99.
+/// `max`: raise the rate by half step by step until accepted/s stops
+/// growing or acknowledgements pass `max_p99_ms` (50 ms) at p99, then halve
+/// the gap between the last good rate and the first bad one twice, so the
+/// figure does not depend on where the steps happen to fall.
 async fn max_steps(
     mut nodes: Vec<load::Node>,
     mut bad: Vec<(&'static str, client::Connection)>,
@@ -357,7 +360,9 @@ async fn max_steps(
     let mut steps: Vec<stats::Step> = Vec::new();
     let mut rate = 2_000.0_f64;
     let mut best = 0.0_f64;
-    for _ in 0..10 {
+    let (mut good, mut too_fast): (f64, Option<f64>) = (0.0, None);
+    let mut refinements = 0;
+    for _ in 0..14 {
         let plan = load::Plan {
             rate,
             hot_rate: None,
@@ -374,13 +379,22 @@ async fn max_steps(
         );
         let grew = step.accepted_per_s > best * 1.05;
         let slow = step.ack_p99_ms > max_p99_ms;
-        best = best.max(step.accepted_per_s);
+        if slow || !grew {
+            too_fast = Some(too_fast.map_or(rate, |t: f64| t.min(rate)));
+        } else {
+            good = good.max(rate);
+            best = best.max(step.accepted_per_s);
+        }
         steps.push(step);
         total.absorb(o);
-        if !grew || slow {
-            break;
-        }
-        rate *= 1.5;
+        rate = match too_fast {
+            None => rate * 1.5,
+            Some(_) if refinements >= 2 || good == 0.0 => break,
+            Some(bad_rate) => {
+                refinements += 1;
+                ((good + bad_rate) / 2.0).round()
+            }
+        };
     }
     (total, steps)
 }

@@ -103,6 +103,8 @@ pub struct Inputs {
     pub seconds: f64,
     pub outcome: Outcome,
     pub steps: Vec<Step>,
+    /// A step of `max` counts only when its acknowledgement p99 stays within this.
+    pub max_p99_ms: f64,
     pub before: BTreeMap<(String, String), f64>,
     pub after: BTreeMap<(String, String), f64>,
     pub reports: crate::cluster::ReportFigures,
@@ -244,9 +246,17 @@ impl Figures {
             alerts_sent: o.sent,
             alerts_not_sent: o.scheduled.saturating_sub(o.sent),
             alerts_acked: o.acked,
-            accepted_per_s: match i.steps.iter().map(|s| s.accepted_per_s).reduce(f64::max) {
-                Some(best) => best,
-                None => round(o.acked as f64 / o.elapsed.as_secs_f64().max(1e-9), 1),
+            // `max`: the best step whose acknowledgements kept within the
+            // p99 limit; a faster step past the limit does not count.
+            accepted_per_s: if i.steps.is_empty() {
+                round(o.acked as f64 / o.elapsed.as_secs_f64().max(1e-9), 1)
+            } else {
+                i.steps
+                    .iter()
+                    .filter(|s| s.ack_p99_ms <= i.max_p99_ms)
+                    .map(|s| s.accepted_per_s)
+                    .reduce(f64::max)
+                    .unwrap_or(0.0)
             },
             acked_by_kind: o.acked_by_kind.clone(),
             ack,
