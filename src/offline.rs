@@ -93,12 +93,8 @@ pub fn report_for(
         received,
         &bounds,
     );
-    let analysis = analysis::analyze(&arrival.alert, &arrival.subject, ctx, kb);
-    let first = FirstAlert {
-        alert: arrival.alert,
-        subject: arrival.subject,
-        pod: arrival.pod,
-    };
+    let first = FirstAlert::new(arrival.alert, arrival.subject, arrival.pod);
+    let analysis = analysis::analyze(&first.alert, &first.subject, ctx, kb);
     let mut report = build::report(
         &arrival.key,
         &arrival.fingerprint,

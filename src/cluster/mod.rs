@@ -11,7 +11,7 @@ pub use exposure::is_exposed;
 pub use pod::{guess_workload, owner_workload, pod_context};
 
 use crate::analysis::PodContext;
-use crate::crd::Subject;
+use crate::crd::{Subject, WorkloadRef};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::batch::v1::Job;
@@ -21,6 +21,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -162,6 +163,49 @@ impl ClusterCache {
 
     /// The facts about pod `namespace/name`, when it is in the cache.
     pub fn pod(&self, namespace: &str, name: &str) -> Option<PodContext> {
+        let located = self.find(namespace, name)?;
+        Some(self.facts(&located))
+    }
+
+    /// Finds the alert's pod and adds its workload and node to `subject`:
+    /// what every alert needs to be assigned to its incident.
+    pub fn locate(&self, subject: &mut Subject) -> Option<Located> {
+        let (Some(namespace), Some(pod)) = (&subject.namespace, &subject.pod) else {
+            return None;
+        };
+        let located = self.find(namespace, pod)?;
+        subject.workload = located.workload.clone();
+        if let Some(node) = located.pod.spec.as_ref().and_then(|s| s.node_name.as_ref()) {
+            subject.node = Some(node.clone());
+        }
+        Some(located)
+    }
+
+    /// The security-relevant facts of a located pod: what the analysis of a
+    /// new incident weighs. Repeats of a waiting incident never need them.
+    pub fn facts(&self, located: &Located) -> PodContext {
+        let namespace = located
+            .pod
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default();
+        let mut context = pod_context(&located.pod, located.workload.clone());
+        // On the event path: look objects up in place, never copy the caches.
+        context.internet_facing = self
+            .services
+            .find(|svc| {
+                exposure::exposes(svc, namespace, &context.labels, |name| {
+                    self.ingresses
+                        .find(|ing| exposure::routes_to(ing, namespace, name))
+                        .is_some()
+                })
+            })
+            .is_some();
+        context
+    }
+
+    fn find(&self, namespace: &str, name: &str) -> Option<Located> {
         let pod = self.pods.get(&ObjectRef::new(name).within(namespace))?;
         let replicaset_owner = |name: &str| {
             self.replicasets
@@ -174,33 +218,14 @@ impl ClusterCache {
                 .and_then(|job| job.metadata.owner_references.clone())
         };
         let workload = owner_workload(&pod.metadata, replicaset_owner, job_owner);
-        let mut context = pod_context(&pod, workload);
-        // On the event path: look objects up in place, never copy the caches.
-        context.internet_facing = self
-            .services
-            .find(|svc| {
-                exposure::exposes(svc, namespace, &context.labels, |name| {
-                    self.ingresses
-                        .find(|ing| exposure::routes_to(ing, namespace, name))
-                        .is_some()
-                })
-            })
-            .is_some();
-        Some(context)
+        Some(Located { pod, workload })
     }
+}
 
-    /// Adds what the cluster knows to `subject`; returns the pod's facts, when found.
-    pub fn enrich(&self, subject: &mut Subject) -> Option<PodContext> {
-        let (Some(namespace), Some(pod)) = (&subject.namespace, &subject.pod) else {
-            return None;
-        };
-        let context = self.pod(namespace, pod)?;
-        subject.workload = context.workload.clone();
-        if let Some(node) = &context.node {
-            subject.node = Some(node.clone());
-        }
-        Some(context)
-    }
+/// A pod of the cache, with the workload it belongs to.
+pub struct Located {
+    pod: Arc<Pod>,
+    workload: Option<WorkloadRef>,
 }
 
 fn strip_metadata<K: Resource>(object: &mut K) {

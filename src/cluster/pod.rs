@@ -2,7 +2,7 @@
 
 use crate::analysis::PodContext;
 use crate::crd::WorkloadRef;
-use k8s_openapi::api::core::v1::{Container, Pod, SecurityContext};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, SecurityContext};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use std::collections::BTreeSet;
 
@@ -73,31 +73,37 @@ pub fn guess_workload(pod: &str) -> WorkloadRef {
 
 /// The security-relevant facts of a pod.
 pub fn pod_context(pod: &Pod, workload: Option<WorkloadRef>) -> PodContext {
-    let spec = pod.spec.clone().unwrap_or_default();
-    let pod_security = spec.security_context.clone().unwrap_or_default();
-    let containers: Vec<&Container> = spec
+    // Read in place: this runs for every alert on the intake path.
+    let no_spec = PodSpec::default();
+    let spec = pod.spec.as_ref().unwrap_or(&no_spec);
+    let pod_security = spec.security_context.as_ref();
+    let contexts: Vec<Option<&SecurityContext>> = spec
         .containers
         .iter()
         .chain(spec.init_containers.iter().flatten())
+        .map(|c: &Container| c.security_context.as_ref())
         .collect();
-    let context = |c: &Container| c.security_context.clone().unwrap_or_default();
-    let privileged = containers
+    let privileged = contexts
         .iter()
-        .any(|c| context(c).privileged == Some(true));
-    let added: BTreeSet<String> = containers
+        .any(|sc| sc.and_then(|sc| sc.privileged) == Some(true));
+    let added: BTreeSet<String> = contexts
         .iter()
-        .filter_map(|c| context(c).capabilities.and_then(|caps| caps.add))
+        .filter_map(|sc| sc.and_then(|sc| sc.capabilities.as_ref()?.add.as_ref()))
         .flatten()
+        .cloned()
         .collect();
-    let runs_as_root = containers.iter().any(|c| {
-        let sc: SecurityContext = context(c);
-        let user = sc.run_as_user.or(pod_security.run_as_user);
-        let non_root = sc.run_as_non_root.or(pod_security.run_as_non_root);
+    let runs_as_root = contexts.iter().any(|sc| {
+        let user = sc
+            .and_then(|sc| sc.run_as_user)
+            .or(pod_security.and_then(|p| p.run_as_user));
+        let non_root = sc
+            .and_then(|sc| sc.run_as_non_root)
+            .or(pod_security.and_then(|p| p.run_as_non_root));
         user == Some(0) || (user.is_none() && non_root != Some(true))
     });
-    let allow_privilege_escalation = containers.iter().any(|c| {
-        let sc = context(c);
-        sc.privileged == Some(true) || sc.allow_privilege_escalation != Some(false)
+    let allow_privilege_escalation = contexts.iter().any(|sc| {
+        sc.and_then(|sc| sc.privileged) == Some(true)
+            || sc.and_then(|sc| sc.allow_privilege_escalation) != Some(false)
     });
     let host_path_volumes = spec
         .volumes

@@ -2,9 +2,10 @@
 
 use super::fields::{exact_value, value_text};
 use crate::crd::Priority;
-use indexmap::IndexMap;
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::fmt;
 
 /// A Falco alert, with every field Falco may omit made optional.
 #[derive(Clone, Debug, PartialEq)]
@@ -76,23 +77,27 @@ pub fn parse(body: &[u8]) -> Result<Alert, ParseError> {
     if depth_exceeds(body, MAX_DEPTH) {
         return Err(ParseError::TooDeep);
     }
-    let text = String::from_utf8_lossy(body);
-    let top: IndexMap<String, Box<RawValue>> = match serde_json::from_str(&text) {
+    // Valid UTF-8 (nearly every alert) is checked by the fast path and borrowed.
+    let text = match std::str::from_utf8(body) {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(body),
+    };
+    let top: Top<'_> = match serde_json::from_str(&text) {
         Ok(top) => top,
         Err(e) if e.is_data() => return Err(ParseError::NotAnObject),
         Err(e) => return Err(ParseError::NotJson(e)),
     };
 
     let mut missing = Vec::new();
-    let rule = string_field(&top, "rule")?;
+    let rule = string_field(top.rule, "rule")?;
     if rule.is_none() {
         missing.push("rule");
     }
-    let priority = priority_field(&top)?;
+    let priority = priority_field(top.priority)?;
     if priority.is_none() {
         missing.push("priority");
     }
-    let output_fields = output_fields(&top)?;
+    let output_fields = output_fields(top.output_fields)?;
     if output_fields.is_none() {
         missing.push("output_fields");
     }
@@ -100,38 +105,159 @@ pub fn parse(body: &[u8]) -> Result<Alert, ParseError> {
         return Err(ParseError::Missing(missing.join(", ")));
     };
 
-    let time = string_field(&top, "time")?;
+    let time = string_field(top.time, "time")?;
     let timestamp = time.as_deref().and_then(|t| t.trim().parse().ok());
     Ok(Alert {
         timestamp,
         time,
         rule,
         priority,
-        source: string_field(&top, "source")?.unwrap_or_else(|| "syscall".to_string()),
-        hostname: string_field(&top, "hostname")?,
-        output: string_field(&top, "output")?.unwrap_or_default(),
+        source: string_field(top.source, "source")?.unwrap_or_else(|| "syscall".to_string()),
+        hostname: string_field(top.hostname, "hostname")?,
+        output: string_field(top.output, "output")?.unwrap_or_default(),
         output_fields,
-        tags: tags(&top)?,
-        uuid: string_field(&top, "uuid")?,
+        tags: tags(top.tags)?,
+        uuid: string_field(top.uuid, "uuid")?,
     })
+}
+
+/// The top-level keys an alert is read from, borrowed from the body in one
+/// pass; any other key is skipped. A repeated key counts once, the last.
+#[derive(Default)]
+struct Top<'a> {
+    rule: Option<&'a RawValue>,
+    priority: Option<&'a RawValue>,
+    output_fields: Option<&'a RawValue>,
+    time: Option<&'a RawValue>,
+    source: Option<&'a RawValue>,
+    hostname: Option<&'a RawValue>,
+    output: Option<&'a RawValue>,
+    tags: Option<&'a RawValue>,
+    uuid: Option<&'a RawValue>,
+}
+
+enum TopKey {
+    Rule,
+    Priority,
+    OutputFields,
+    Time,
+    Source,
+    Hostname,
+    Output,
+    Tags,
+    Uuid,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for TopKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<TopKey, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = TopKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: de::Error>(self, key: &str) -> Result<TopKey, E> {
+                Ok(match key {
+                    "rule" => TopKey::Rule,
+                    "priority" => TopKey::Priority,
+                    "output_fields" => TopKey::OutputFields,
+                    "time" => TopKey::Time,
+                    "source" => TopKey::Source,
+                    "hostname" => TopKey::Hostname,
+                    "output" => TopKey::Output,
+                    "tags" => TopKey::Tags,
+                    "uuid" => TopKey::Uuid,
+                    _ => TopKey::Other,
+                })
+            }
+        }
+        deserializer.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for Top<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Top<'de>, D::Error> {
+        struct TopVisitor;
+        impl<'de> Visitor<'de> for TopVisitor {
+            type Value = Top<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a Falco alert (a JSON object)")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
+                let mut top = Top::default();
+                while let Some(key) = map.next_key::<TopKey>()? {
+                    let slot = match key {
+                        TopKey::Rule => &mut top.rule,
+                        TopKey::Priority => &mut top.priority,
+                        TopKey::OutputFields => &mut top.output_fields,
+                        TopKey::Time => &mut top.time,
+                        TopKey::Source => &mut top.source,
+                        TopKey::Hostname => &mut top.hostname,
+                        TopKey::Output => &mut top.output,
+                        TopKey::Tags => &mut top.tags,
+                        TopKey::Uuid => &mut top.uuid,
+                        TopKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(top)
+            }
+        }
+        deserializer.deserialize_map(TopVisitor)
+    }
+}
+
+/// `output_fields`, each value read exactly (see [`exact_value`]), in the
+/// order sent; a repeated key keeps its first place and its last value.
+struct ExactFields(Map<String, Value>);
+
+impl<'de> Deserialize<'de> for ExactFields {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<ExactFields, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = ExactFields;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ExactFields, A::Error> {
+                let mut fields = Map::new();
+                while let Some((key, raw)) = map.next_entry::<String, &'de RawValue>()? {
+                    fields.insert(key, exact_value(raw));
+                }
+                Ok(ExactFields(fields))
+            }
+        }
+        deserializer.deserialize_map(FieldsVisitor)
+    }
 }
 
 /// True when objects and lists (outside strings) nest deeper than `max`. One
 /// pass, no allocation: JSON that is invalid in other ways is left to the parser.
 fn depth_exceeds(body: &[u8], max: usize) -> bool {
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in body {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // Skip the string: to its closing quote, past escaped characters.
+                i += 1;
+                loop {
+                    let rest = body.get(i..).unwrap_or_default();
+                    let Some(at) = memchr::memchr2(b'"', b'\\', rest) else {
+                        // Unterminated: the parser says what is wrong.
+                        return false;
+                    };
+                    i += at;
+                    if body[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'{' | b'[' => {
                 depth += 1;
                 if depth > max {
@@ -141,21 +267,18 @@ fn depth_exceeds(body: &[u8], max: usize) -> bool {
             b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
 
-fn value_of(top: &IndexMap<String, Box<RawValue>>, key: &str) -> Option<Value> {
-    top.get(key)
-        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok())
+fn value_of(raw: Option<&RawValue>) -> Option<Value> {
+    raw.map(exact_value)
 }
 
 /// A top-level string; `null`, `""` and `"<NA>"` are absent. Numbers are taken as text.
-fn string_field(
-    top: &IndexMap<String, Box<RawValue>>,
-    key: &'static str,
-) -> Result<Option<String>, ParseError> {
-    match value_of(top, key) {
+fn string_field(raw: Option<&RawValue>, key: &'static str) -> Result<Option<String>, ParseError> {
+    match value_of(raw) {
         None => Ok(None),
         Some(v @ (Value::String(_) | Value::Null | Value::Number(_))) => Ok(value_text(&v)),
         Some(_) => Err(ParseError::WrongType {
@@ -165,8 +288,8 @@ fn string_field(
     }
 }
 
-fn priority_field(top: &IndexMap<String, Box<RawValue>>) -> Result<Option<Priority>, ParseError> {
-    match value_of(top, "priority") {
+fn priority_field(raw: Option<&RawValue>) -> Result<Option<Priority>, ParseError> {
+    match value_of(raw) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.parse()?)),
@@ -186,30 +309,23 @@ fn priority_field(top: &IndexMap<String, Box<RawValue>>) -> Result<Option<Priori
     }
 }
 
-fn output_fields(
-    top: &IndexMap<String, Box<RawValue>>,
-) -> Result<Option<Map<String, Value>>, ParseError> {
-    let Some(raw) = top.get("output_fields") else {
+fn output_fields(raw: Option<&RawValue>) -> Result<Option<Map<String, Value>>, ParseError> {
+    let Some(raw) = raw else {
         return Ok(None);
     };
     if raw.get().trim() == "null" {
         return Ok(None);
     }
-    let fields: IndexMap<String, Box<RawValue>> =
+    let ExactFields(fields) =
         serde_json::from_str(raw.get()).map_err(|_| ParseError::WrongType {
             field: "output_fields",
             expected: "an object",
         })?;
-    Ok(Some(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k, exact_value(&v)))
-            .collect(),
-    ))
+    Ok(Some(fields))
 }
 
-fn tags(top: &IndexMap<String, Box<RawValue>>) -> Result<Vec<String>, ParseError> {
-    match value_of(top, "tags") {
+fn tags(raw: Option<&RawValue>) -> Result<Vec<String>, ParseError> {
+    match value_of(raw) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => Ok(items.iter().filter_map(value_text).collect()),
         Some(_) => Err(ParseError::WrongType {
@@ -259,6 +375,47 @@ mod tests {
             parse(nested(100_000, "").as_bytes()),
             Err(ParseError::TooDeep)
         ));
+    }
+
+    /// The byte-by-byte definition the fast scan must agree with.
+    fn depth_reference(body: &[u8], max: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in body {
+            if in_string {
+                match (escaped, b) {
+                    (true, _) => escaped = false,
+                    (false, b'\\') => escaped = true,
+                    (false, b'"') => in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => {
+                    depth += 1;
+                    if depth > max {
+                        return true;
+                    }
+                }
+                b'}' | b']' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_depth_scan_agrees_with_its_definition(
+            body in proptest::collection::vec(
+                proptest::sample::select(b"{}[]\"\\a:,".to_vec()),
+                0..200,
+            ),
+            max in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(depth_exceeds(&body, max), depth_reference(&body, max));
+        }
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub fn value_text(value: &Value) -> Option<String> {
 /// because neither `f64` nor the Kubernetes API server would keep them.
 pub(crate) fn exact_value(raw: &serde_json::value::RawValue) -> Value {
     let text = raw.get().trim();
+    // Most values are plain strings: their text needs no parsing. The body
+    // was validated as JSON, so a quoted text without escapes is the string.
+    if let Some(inner) = text.strip_prefix('"').and_then(|t| t.strip_suffix('"'))
+        && !inner.contains('\\')
+    {
+        return Value::String(inner.to_string());
+    }
     if is_integer_literal(text) {
         return match text.parse::<i64>() {
             Ok(i) => Value::from(i),

@@ -179,11 +179,11 @@ impl Intake {
         };
         let alert = falco::parse(&bytes)?;
         let mut subject = falco::subject_of(&alert);
-        let pod = self.cluster.as_ref().and_then(|c| c.enrich(&mut subject));
+        let located = self.cluster.as_ref().and_then(|c| c.locate(&mut subject));
         let arrival = Arrival::new(
             alert,
             subject,
-            pod,
+            None,
             &self.operator_namespace,
             jiff::Timestamp::now(),
             &self.bounds,
@@ -196,7 +196,10 @@ impl Intake {
             rule = %arrival.alert.rule,
         );
         let _entered = span.enter();
-        let outcome = self.queue.offer(arrival)?;
+        let outcome = self.queue.offer_with_facts(arrival, || {
+            let cluster = self.cluster.as_ref()?;
+            Some(cluster.facts(located.as_ref()?))
+        })?;
         tracing::debug!(?outcome, "alert accepted");
         Ok(Accepted { report })
     }

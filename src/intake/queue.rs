@@ -7,6 +7,7 @@
 //! a remediation policy would act on are never displaced: they may take the
 //! queue up to twice its capacity. Every alert not counted is counted as dropped.
 
+use crate::analysis::PodContext;
 use crate::crd::Priority;
 use crate::falco::Alert;
 use crate::metrics::Metrics;
@@ -82,10 +83,39 @@ impl Queue {
     /// Offers one alert. Never blocks and never calls the API server.
     pub fn offer(&self, arrival: Arrival) -> Result<Accepted, Refused> {
         let protected = (self.protect)(&arrival.alert);
+        self.offer_protected(arrival, protected)
+    }
+
+    /// Offers one alert whose pod facts (`arrival.pod`) are only looked up
+    /// when they are needed: when the alert opens an incident, or changes
+    /// what a waiting one is about. A repeat is counted without them, which
+    /// is most alerts of a noisy rule.
+    pub fn offer_with_facts(
+        &self,
+        mut arrival: Arrival,
+        facts: impl FnOnce() -> Option<PodContext>,
+    ) -> Result<Accepted, Refused> {
+        let protected = (self.protect)(&arrival.alert);
+        let priority = arrival.alert.priority;
+        {
+            let mut state = self.lock();
+            if let Some(waiting) = state.get_mut(&arrival.key)
+                && priority >= waiting.priority()
+            {
+                waiting.add(arrival, protected, &self.bounds);
+                self.metrics.alerts_accepted_inc(priority);
+                return Ok(Accepted::Merged);
+            }
+        }
+        arrival.pod = facts();
+        self.offer_protected(arrival, protected)
+    }
+
+    fn offer_protected(&self, arrival: Arrival, protected: bool) -> Result<Accepted, Refused> {
         let priority = arrival.alert.priority;
         let mut state = self.lock();
         if let Some(waiting) = state.get_mut(&arrival.key) {
-            waiting.merge(Pending::new(arrival, protected, &self.bounds), &self.bounds);
+            waiting.add(arrival, protected, &self.bounds);
             self.metrics.alerts_accepted_inc(priority);
             return Ok(Accepted::Merged);
         }
@@ -225,6 +255,36 @@ mod tests {
         }
         assert_eq!(q.len(), 1);
         assert_eq!(q.alerts(), 1000);
+    }
+
+    #[test]
+    fn pod_facts_are_looked_up_for_a_new_incident_and_a_more_severe_alert_only() {
+        let (q, _) = queue(10);
+        let looked_up = std::cell::Cell::new(0);
+        let facts = |privileged| {
+            looked_up.set(looked_up.get() + 1);
+            Some(PodContext {
+                privileged,
+                ..PodContext::default()
+            })
+        };
+        let pod = "web-7d9f8b6c5d-x2k4q";
+        q.offer_with_facts(arrival("Shell", "Notice", pod), || facts(false))
+            .unwrap();
+        for _ in 0..100 {
+            let merged = q.offer_with_facts(arrival("Shell", "Notice", pod), || facts(false));
+            assert_eq!(merged, Ok(Accepted::Merged));
+        }
+        assert_eq!(looked_up.get(), 1, "repeats need no pod facts");
+        // A more severe alert decides what the incident is about: with its facts.
+        q.offer_with_facts(arrival("Shell", "Critical", pod), || facts(true))
+            .unwrap();
+        assert_eq!(looked_up.get(), 2);
+        let taken = q.take_due(Instant::now(), true);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(taken[0].delta.count, 102);
+        assert_eq!(taken[0].priority(), Priority::Critical);
+        assert!(taken[0].first.pod.as_ref().is_some_and(|p| p.privileged));
     }
 
     #[test]

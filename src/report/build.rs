@@ -127,13 +127,24 @@ pub(crate) fn bounded_fields(
             other => other.clone(),
         };
         let k = truncate(k, 256);
-        used += k.len() + v.to_string().len();
+        used += k.len() + json_len(&v);
         if used > bounds.fields_total {
             break;
         }
         out.insert(k, v);
     }
     out
+}
+
+/// About the length of `v` as JSON, without writing it: strings count
+/// their text (already bounded above), other values their JSON.
+fn json_len(v: &Value) -> usize {
+    match v {
+        Value::String(s) => s.len() + 2,
+        Value::Null => 4,
+        Value::Bool(_) => 5,
+        other => other.to_string().len(),
+    }
 }
 
 #[cfg(test)]

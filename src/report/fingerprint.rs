@@ -127,7 +127,7 @@ pub fn scope_of(alert: &Alert, subject: &Subject, workload: Option<&WorkloadRef>
 pub fn fingerprint(rule: &str, source: &str, scope: &Scope) -> String {
     let input = format!("v1\0{rule}\0{source}\0{}", scope.canonical());
     let digest = ring::digest::digest(&ring::digest::SHA256, input.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::names::hex(digest.as_ref())
 }
 
 /// `<rule-slug>-<10 hex of the fingerprint>`: a valid DNS label of at most 63 characters.

@@ -45,7 +45,7 @@ impl Arrival {
     /// Assigns an enriched alert to its incident. `operator_namespace` holds
     /// the reports of alerts that belong to no namespace.
     pub fn new(
-        mut alert: Alert,
+        alert: Alert,
         subject: Subject,
         pod: Option<PodContext>,
         operator_namespace: &str,
@@ -70,10 +70,6 @@ impl Arrival {
             name: fingerprint::report_name(&alert.rule, &fingerprint),
         };
         let observation = Observation::new(&alert, &subject, received, bounds);
-        // What waits in the queue is what a report keeps: a few KiB per incident.
-        let event_bounds = build::EventBounds::default();
-        alert.output = aggregate::truncate(&alert.output, event_bounds.output);
-        alert.output_fields = build::bounded_fields(&alert.output_fields, &event_bounds);
         Arrival {
             alert,
             subject,
@@ -121,17 +117,28 @@ pub struct FirstAlert {
     pub pod: Option<PodContext>,
 }
 
+impl FirstAlert {
+    /// Keeps of `alert` what a report keeps (its output and fields bounded):
+    /// what waits in the queue is a few KiB per incident, whatever Falco sent.
+    pub fn new(mut alert: Alert, subject: Subject, pod: Option<PodContext>) -> FirstAlert {
+        let event_bounds = build::EventBounds::default();
+        alert.output = aggregate::truncate(&alert.output, event_bounds.output);
+        alert.output_fields = build::bounded_fields(&alert.output_fields, &event_bounds);
+        FirstAlert {
+            alert,
+            subject,
+            pod,
+        }
+    }
+}
+
 impl Pending {
     pub fn new(arrival: Arrival, protected: bool, bounds: &Bounds) -> Pending {
         Pending {
             key: arrival.key,
             fingerprint: arrival.fingerprint,
             delta: Delta::new(arrival.observation, bounds),
-            first: Box::new(FirstAlert {
-                alert: arrival.alert,
-                subject: arrival.subject,
-                pod: arrival.pod,
-            }),
+            first: Box::new(FirstAlert::new(arrival.alert, arrival.subject, arrival.pod)),
             protected,
             attempts: 0,
             not_before: None,
@@ -159,6 +166,16 @@ impl Pending {
         }
         self.delta.count = self.delta.count.saturating_sub(doubt.count);
         self.delta.count == 0
+    }
+
+    /// Counts one more alert of this incident.
+    pub fn add(&mut self, arrival: Arrival, protected: bool, bounds: &Bounds) {
+        self.delta.add(arrival.observation, bounds);
+        self.protected |= protected;
+        // The more severe alert decides what the incident is about.
+        if arrival.alert.priority < self.first.alert.priority {
+            *self.first = FirstAlert::new(arrival.alert, arrival.subject, arrival.pod);
+        }
     }
 
     /// Adds alerts that arrived after these (`later` is newer).
