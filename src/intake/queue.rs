@@ -15,6 +15,7 @@ use crate::report::aggregate::Bounds;
 use crate::report::{Arrival, Pending, ReportKey};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// Decides whether an alert must never be shed. The remediation part
@@ -164,6 +165,39 @@ impl Queue {
         self.take_due_where(now, ignore_backoff, |_| true)
     }
 
+    /// Takes the incidents that have waited `interval` or longer, oldest
+    /// first, but no more than `2 / slices` of those waiting at once unless
+    /// they are half an interval late: called every `interval / slices`, it
+    /// spreads the writes of incidents that fell due together over half an
+    /// interval, and they stay spread, instead of sending the API server a
+    /// burst of writes every interval.
+    pub fn take_spread(&self, now: Instant, interval: Duration, slices: u32) -> Vec<Pending> {
+        let mut state = self.lock();
+        let mut due: Vec<(Instant, &ReportKey)> = state
+            .values()
+            .filter(|p| p.not_before.is_none_or(|t| t <= now))
+            .filter(|p| now.saturating_duration_since(p.queued_at) >= interval)
+            .map(|p| (p.queued_at, &p.key))
+            .collect();
+        due.sort_unstable_by_key(|(queued_at, _)| *queued_at);
+        let cap = (state.len() * 2).div_ceil(slices.max(1) as usize).max(1);
+        // None waits more than half an interval past its time.
+        let overdue = due
+            .iter()
+            .take_while(|(queued_at, _)| {
+                now.saturating_duration_since(*queued_at) >= interval * 3 / 2
+            })
+            .count();
+        let keys: Vec<ReportKey> = due
+            .iter()
+            .take(cap.max(overdue))
+            .map(|(_, k)| (*k).clone())
+            .collect();
+        let taken = keys.iter().filter_map(|k| state.remove(k)).collect();
+        self.metrics.queue_incidents.set(state.len() as i64);
+        taken
+    }
+
     /// Takes the incidents due for a write whose key is `wanted`.
     pub fn take_due_where(
         &self,
@@ -285,6 +319,46 @@ mod tests {
         assert_eq!(taken[0].delta.count, 102);
         assert_eq!(taken[0].priority(), Priority::Critical);
         assert!(taken[0].first.pod.as_ref().is_some_and(|p| p.privileged));
+    }
+
+    #[test]
+    fn incidents_that_fall_due_together_are_written_a_few_at_a_time_oldest_first() {
+        let (q, _) = queue(100);
+        for i in 0..20 {
+            q.offer(arrival("Shell", "Notice", &format!("pod-{i}")))
+                .unwrap();
+        }
+        let interval = Duration::from_secs(5);
+        let queued = Instant::now();
+        assert!(
+            q.take_spread(queued, interval, 10).is_empty(),
+            "nothing has waited an interval yet"
+        );
+        // Called every tenth of an interval, as the writer does.
+        let slice = interval / 10;
+        let mut now = queued + interval;
+        let first = q.take_spread(now, interval, 10);
+        assert_eq!(first.len(), 4, "2/10 of the 20 waiting");
+        let mut sizes = vec![first.len()];
+        while !q.is_empty() {
+            now += slice;
+            sizes.push(q.take_spread(now, interval, 10).len());
+        }
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.len() >= 4, "spread over several slices: {sizes:?}");
+        assert!(sizes[..3].iter().all(|n| (1..=4).contains(n)), "{sizes:?}");
+        assert!(
+            now <= queued + interval * 3 / 2,
+            "all written within half an interval of their time: {:?} late",
+            now - queued - interval
+        );
+        // The oldest goes first.
+        q.offer(arrival("Shell", "Notice", "old")).unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        q.offer(arrival("Shell", "Notice", "new")).unwrap();
+        let batch = q.take_spread(Instant::now() + interval, interval, 10);
+        assert_eq!(batch.len(), 1);
+        assert_eq!(batch[0].first.subject.pod.as_deref(), Some("old"));
     }
 
     #[test]

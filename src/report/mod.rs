@@ -95,6 +95,8 @@ pub struct Pending {
     pub attempts: u32,
     /// Not retried before this instant.
     pub not_before: Option<tokio::time::Instant>,
+    /// When the oldest of these alerts joined the queue.
+    pub queued_at: tokio::time::Instant,
     /// A status write whose answer was lost (timeout, broken connection, 5xx):
     /// it may have been applied. Settled at the next write.
     pub in_doubt: Option<InDoubt>,
@@ -142,6 +144,7 @@ impl Pending {
             protected,
             attempts: 0,
             not_before: None,
+            queued_at: tokio::time::Instant::now(),
             in_doubt: None,
         }
     }
@@ -182,6 +185,7 @@ impl Pending {
     pub fn merge(&mut self, later: Pending, bounds: &Bounds) {
         self.delta.merge(later.delta, bounds);
         self.protected |= later.protected;
+        self.queued_at = self.queued_at.min(later.queued_at);
         // The more severe alert decides what the incident is about.
         if later.first.alert.priority < self.first.alert.priority {
             self.first = later.first;

@@ -98,6 +98,10 @@ fn forbidden(error: &kube::Error) -> bool {
 /// How long the writer lets new incidents gather before writing them.
 const NEW_INCIDENT_BATCH: Duration = Duration::from_millis(100);
 
+/// The flush interval is checked this many times per interval, so incidents
+/// fall due and are written a few at a time.
+const SPREAD_SLICES: u32 = 10;
+
 /// Longest time one incident's write may take, so a hung API server cannot
 /// hold a flush (or a shutdown's drain) forever.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
@@ -188,11 +192,12 @@ impl Writer {
     /// Writes every flush interval until `stop`, then writes what is left,
     /// retrying until the queue is empty or the drain timeout passes.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(self.config.flush_interval);
+        let slice = (self.config.flush_interval / SPREAD_SLICES).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval(slice);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.flush(false).await,
+                _ = tick.tick() => self.flush_spread().await,
                 () = self.queue.incident_arrived() => {
                     // One batch per burst of new incidents.
                     tokio::time::sleep(NEW_INCIDENT_BATCH).await;
@@ -228,6 +233,15 @@ impl Writer {
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+    }
+
+    /// Writes the incidents that have waited a flush interval, a share at a
+    /// time (see [`Queue::take_spread`]).
+    pub async fn flush_spread(&self) {
+        let batch =
+            self.queue
+                .take_spread(Instant::now(), self.config.flush_interval, SPREAD_SLICES);
+        self.write_batch(batch).await;
     }
 
     /// Writes the incidents due now (all of them when `draining`).
