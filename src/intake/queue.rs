@@ -166,11 +166,10 @@ impl Queue {
     }
 
     /// Takes the incidents that have waited `interval` or longer, oldest
-    /// first, but no more than `2 / slices` of those waiting at once unless
-    /// they are half an interval late: called every `interval / slices`, it
-    /// spreads the writes of incidents that fell due together over half an
-    /// interval, and they stay spread, instead of sending the API server a
-    /// burst of writes every interval.
+    /// first, but no more than `1 / slices` of those waiting at once unless
+    /// they are a whole interval late. Called every `interval / slices`, it
+    /// writes each incident about once per interval, a few at every call,
+    /// instead of sending the API server a burst of writes every interval.
     pub fn take_spread(&self, now: Instant, interval: Duration, slices: u32) -> Vec<Pending> {
         let mut state = self.lock();
         let mut due: Vec<(Instant, &ReportKey)> = state
@@ -180,13 +179,11 @@ impl Queue {
             .map(|p| (p.queued_at, &p.key))
             .collect();
         due.sort_unstable_by_key(|(queued_at, _)| *queued_at);
-        let cap = (state.len() * 2).div_ceil(slices.max(1) as usize).max(1);
-        // None waits more than half an interval past its time.
+        let cap = state.len().div_ceil(slices.max(1) as usize).max(1);
+        // None waits more than an interval past its time.
         let overdue = due
             .iter()
-            .take_while(|(queued_at, _)| {
-                now.saturating_duration_since(*queued_at) >= interval * 3 / 2
-            })
+            .take_while(|(queued_at, _)| now.saturating_duration_since(*queued_at) >= interval * 2)
             .count();
         let keys: Vec<ReportKey> = due
             .iter()
@@ -334,29 +331,25 @@ mod tests {
             q.take_spread(queued, interval, 10).is_empty(),
             "nothing has waited an interval yet"
         );
-        // Called every tenth of an interval, as the writer does.
-        let slice = interval / 10;
+        // Called every twentieth of an interval, as the writer does.
+        let slice = interval / 20;
         let mut now = queued + interval;
-        let first = q.take_spread(now, interval, 10);
-        assert_eq!(first.len(), 4, "2/10 of the 20 waiting");
-        let mut sizes = vec![first.len()];
+        let mut sizes = Vec::new();
         while !q.is_empty() {
+            sizes.push(q.take_spread(now, interval, 20).len());
             now += slice;
-            sizes.push(q.take_spread(now, interval, 10).len());
         }
         assert_eq!(sizes.iter().sum::<usize>(), 20);
-        assert!(sizes.len() >= 4, "spread over several slices: {sizes:?}");
-        assert!(sizes[..3].iter().all(|n| (1..=4).contains(n)), "{sizes:?}");
         assert!(
-            now <= queued + interval * 3 / 2,
-            "all written within half an interval of their time: {:?} late",
-            now - queued - interval
+            sizes.iter().all(|n| *n == 1),
+            "one at a time (1/20 of those waiting, at least one): {sizes:?}"
         );
+        assert!(now <= queued + interval * 2, "none an interval late");
         // The oldest goes first.
         q.offer(arrival("Shell", "Notice", "old")).unwrap();
         std::thread::sleep(Duration::from_millis(5));
         q.offer(arrival("Shell", "Notice", "new")).unwrap();
-        let batch = q.take_spread(Instant::now() + interval, interval, 10);
+        let batch = q.take_spread(Instant::now() + interval, interval, 20);
         assert_eq!(batch.len(), 1);
         assert_eq!(batch[0].first.subject.pod.as_deref(), Some("old"));
     }

@@ -100,7 +100,7 @@ const NEW_INCIDENT_BATCH: Duration = Duration::from_millis(100);
 
 /// The flush interval is checked this many times per interval, so incidents
 /// fall due and are written a few at a time.
-const SPREAD_SLICES: u32 = 10;
+const SPREAD_SLICES: u32 = 20;
 
 /// Longest time one incident's write may take, so a hung API server cannot
 /// hold a flush (or a shutdown's drain) forever.
