@@ -41,6 +41,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use limits::{Admission, LimitConfig, Limits, Refusal};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -97,6 +98,11 @@ pub struct Remediator {
     leadership: Leadership,
     namespaced: Store<DeserializeGuard<RemediationPolicy>>,
     cluster: Store<DeserializeGuard<ClusterRemediationPolicy>>,
+    /// Bumped by every policy watch event, after the stores took it.
+    policies_changed: Arc<AtomicU64>,
+    /// The policies as of a `policies_changed` value: the intake asks for
+    /// every alert, and building them validates each policy.
+    policies_cache: Mutex<Option<(u64, Arc<Vec<PolicyView>>)>>,
     reports: crate::report::cache::ReportCache,
     limits: Mutex<Limits>,
     breaker: Mutex<Option<String>>,
@@ -123,6 +129,7 @@ impl Remediator {
         shutdown: CancellationToken,
     ) -> (Arc<Remediator>, tokio::task::JoinHandle<()>) {
         let (trigger, triggered) = futures::channel::mpsc::unbounded();
+        let policies_changed = Arc::new(AtomicU64::new(0));
         let (namespaced, ns_writer) = reflector::store();
         let ns_stream = watcher(
             Api::<DeserializeGuard<RemediationPolicy>>::all(client.clone()),
@@ -130,6 +137,12 @@ impl Remediator {
         )
         .default_backoff()
         .reflect(ns_writer)
+        .inspect({
+            let changed = policies_changed.clone();
+            move |_| {
+                changed.fetch_add(1, Ordering::Release);
+            }
+        })
         .applied_objects();
         let (cluster, cl_writer) = reflector::store();
         let cl_stream = watcher(
@@ -138,6 +151,12 @@ impl Remediator {
         )
         .default_backoff()
         .reflect(cl_writer)
+        .inspect({
+            let changed = policies_changed.clone();
+            move |_| {
+                changed.fetch_add(1, Ordering::Release);
+            }
+        })
         .applied_objects();
         let recorder = Recorder::new(
             client.clone(),
@@ -152,6 +171,8 @@ impl Remediator {
             leadership: leadership.clone(),
             namespaced,
             cluster,
+            policies_changed,
+            policies_cache: Mutex::new(None),
             reports,
             limits: Mutex::new(Limits::default()),
             breaker: Mutex::new(None),
@@ -216,7 +237,15 @@ impl Remediator {
     }
 
     /// Every valid policy of both kinds.
-    pub fn policies(&self) -> Vec<PolicyView> {
+    pub fn policies(&self) -> Arc<Vec<PolicyView>> {
+        // Read before the stores: a change that lands meanwhile bumps it
+        // again, and the next call rebuilds.
+        let changed = self.policies_changed.load(Ordering::Acquire);
+        if let Some((seen, policies)) = lock(&self.policies_cache).as_ref()
+            && *seen == changed
+        {
+            return policies.clone();
+        }
         let mut all: Vec<PolicyView> = self
             .namespaced
             .state()
@@ -232,6 +261,8 @@ impl Remediator {
                 .filter_map(PolicyView::cluster),
         );
         all.sort_by(|a, b| a.id.cmp(&b.id));
+        let all = Arc::new(all);
+        *lock(&self.policies_cache) = Some((changed, all.clone()));
         all
     }
 
@@ -275,8 +306,8 @@ impl Remediator {
         limits.reset();
         let policies: HashMap<String, PolicyView> = self
             .policies()
-            .into_iter()
-            .map(|p| (p.id.clone(), p))
+            .iter()
+            .map(|p| (p.id.clone(), p.clone()))
             .collect();
         for report in self.reports.all() {
             let workload = workload_key(&report);
@@ -397,8 +428,8 @@ impl Remediator {
             let reports = self.reports.all();
             let breaker = self.breaker_reason();
             let now = Time(Timestamp::now());
-            for p in self.policies() {
-                let status = policy::policy_status(&p, &reports, breaker.as_deref(), &now);
+            for p in self.policies().iter() {
+                let status = policy::policy_status(p, &reports, breaker.as_deref(), &now);
                 if !policy::status_changed(p.status.as_ref(), &status) {
                     continue;
                 }
