@@ -211,7 +211,9 @@ impl Intake {
                 "accepted",
                 (
                     StatusCode::ACCEPTED,
-                    axum::Json(serde_json::json!({ "report": accepted.report })),
+                    axum::Json(AcceptedBody {
+                        report: &accepted.report,
+                    }),
                 )
                     .into_response(),
             ),
@@ -248,6 +250,12 @@ impl Intake {
 
 struct Accepted {
     report: String,
+}
+
+/// The answer to an accepted alert: `{"report":"namespace/name"}`.
+#[derive(serde::Serialize)]
+struct AcceptedBody<'a> {
+    report: &'a str,
 }
 
 /// JSON, or no content type at all. `text/plain` is Falco without `json_output`.
