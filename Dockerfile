@@ -22,5 +22,8 @@ COPY --from=build /rootfs/ /
 USER 65532:65532
 EXPOSE 2801 8081
 ENV PEREGRINE_LOG_FORMAT=json
+# No transparent huge pages for the allocator: on hosts with THP `always` they
+# would round its small heaps up to 2 MiB pages.
+ENV MIMALLOC_ALLOW_THP=0
 ENTRYPOINT ["/peregrine"]
 CMD ["run"]

@@ -78,6 +78,7 @@ bah config \
   --cmd run \
   --port 2801/tcp --port 8081/tcp \
   --env PEREGRINE_LOG_FORMAT=json \
+  --env MIMALLOC_ALLOW_THP=0 \
   --label org.opencontainers.image.title=peregrine \
   --label org.opencontainers.image.version="$version" \
   --label org.opencontainers.image.source=https://github.com/peregrine-dev/peregrine \
