@@ -5,13 +5,15 @@
 
 #[path = "../tests/support/catalog.rs"]
 mod catalog;
+#[path = "support/rate.rs"]
+mod rate;
 
 use peregrine::analysis::{self, Context, PodContext};
 use peregrine::crd::WorkloadRef;
 use peregrine::falco;
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn main() {
     let kb = match peregrine::knowledge::builtin() {
@@ -38,34 +40,20 @@ fn main() {
     let contexts = [Context::default(), ctx];
 
     // Parse + subject + analysis, as on the event path.
-    let run = |budget: Duration| {
-        let start = Instant::now();
-        let mut n: u64 = 0;
-        while start.elapsed() < budget {
-            for body in &bodies {
-                let alert = falco::parse(body).expect("catalog alerts parse");
-                let subject = falco::subject_of(&alert);
-                let a = analysis::analyze(&alert, &subject, &contexts[(n % 2) as usize], kb);
-                black_box(a);
-                n += 1;
-            }
-        }
-        (n, start.elapsed())
-    };
-    run(Duration::from_millis(300)); // warm-up
-    let (n, elapsed) = run(Duration::from_secs(3));
-    let per_sec = n as f64 / elapsed.as_secs_f64();
-    let parse_only = {
-        let start = Instant::now();
-        let mut m = 0u64;
-        while start.elapsed() < Duration::from_secs(1) {
-            for body in &bodies {
-                black_box(falco::parse(body).expect("parses"));
-                m += 1;
-            }
-        }
-        m as f64 / start.elapsed().as_secs_f64()
-    };
+    let per_sec = rate::per_second(Duration::from_secs(3), |n| {
+        let body = &bodies[n as usize % bodies.len()];
+        let alert = falco::parse(body).expect("catalog alerts parse");
+        let subject = falco::subject_of(&alert);
+        black_box(analysis::analyze(
+            &alert,
+            &subject,
+            &contexts[(n % 2) as usize],
+            kb,
+        ));
+    });
+    let parse_only = rate::per_second(Duration::from_secs(1), |n| {
+        black_box(falco::parse(&bodies[n as usize % bodies.len()]).expect("parses"));
+    });
     println!(
         "analysis benchmark (one thread, {} distinct rules)",
         bodies.len()

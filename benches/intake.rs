@@ -8,6 +8,8 @@
 
 #[path = "../tests/support/catalog.rs"]
 mod catalog;
+#[path = "support/rate.rs"]
+mod rate;
 
 use k8s_openapi::api::core::v1::Pod;
 use peregrine::crd::WorkloadRef;
@@ -17,7 +19,7 @@ use peregrine::metrics::Metrics;
 use peregrine::report::Arrival;
 use peregrine::report::aggregate::Bounds;
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 // The operator's allocator, so the figures are the operator's.
 #[global_allocator]
@@ -63,52 +65,34 @@ fn main() {
     let bounds = Bounds::default();
     let queue = Queue::new(10_000, bounds, protect_critical(), Metrics::new());
 
-    let run = |budget: Duration| {
-        let start = Instant::now();
-        let mut n: u64 = 0;
-        while start.elapsed() < budget {
-            for body in &bodies {
-                let alert = falco::parse(body).expect("catalog alerts parse");
-                let mut subject = falco::subject_of(&alert);
-                subject.workload = Some(workload.clone());
-                let arrival = Arrival::new(
-                    alert,
-                    subject,
-                    None,
-                    "peregrine",
-                    jiff::Timestamp::now(),
-                    &bounds,
-                );
-                let facts = || {
-                    Some(peregrine::cluster::pod_context(
-                        &pod,
-                        Some(workload.clone()),
-                    ))
-                };
-                black_box(
-                    queue
-                        .offer_with_facts(arrival, facts)
-                        .expect("the queue has room"),
-                );
-                n += 1;
-            }
-        }
-        (n, start.elapsed())
-    };
-    run(Duration::from_millis(300)); // warm-up
-    let (n, elapsed) = run(Duration::from_secs(3));
-    let per_sec = n as f64 / elapsed.as_secs_f64();
-    let parse_only = {
-        let start = Instant::now();
-        let mut m = 0u64;
-        while start.elapsed() < Duration::from_secs(1) {
-            for body in &bodies {
-                black_box(falco::parse(body).expect("parses"));
-                m += 1;
-            }
-        }
-        m as f64 / start.elapsed().as_secs_f64()
-    };
+    let per_sec = rate::per_second(Duration::from_secs(3), |n| {
+        let body = &bodies[n as usize % bodies.len()];
+        let alert = falco::parse(body).expect("catalog alerts parse");
+        let mut subject = falco::subject_of(&alert);
+        subject.workload = Some(workload.clone());
+        let arrival = Arrival::new(
+            alert,
+            subject,
+            None,
+            "peregrine",
+            jiff::Timestamp::now(),
+            &bounds,
+        );
+        let facts = || {
+            Some(peregrine::cluster::pod_context(
+                &pod,
+                Some(workload.clone()),
+            ))
+        };
+        black_box(
+            queue
+                .offer_with_facts(arrival, facts)
+                .expect("the queue has room"),
+        );
+    });
+    let parse_only = rate::per_second(Duration::from_secs(1), |n| {
+        black_box(falco::parse(&bodies[n as usize % bodies.len()]).expect("parses"));
+    });
     let mean_body = bodies.iter().map(Vec::len).sum::<usize>() / bodies.len().max(1);
     println!(
         "intake benchmark (one thread, {} incidents, bodies of {mean_body} bytes on average)",

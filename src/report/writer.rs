@@ -213,7 +213,7 @@ impl Writer {
             "writing the accepted alerts before stopping"
         );
         loop {
-            self.flush(true).await;
+            self.drain_once().await;
             if self.queue.is_empty() {
                 tracing::info!("every accepted alert is written");
                 return;
@@ -244,9 +244,9 @@ impl Writer {
         self.write_batch(batch).await;
     }
 
-    /// Writes the incidents due now (all of them when `draining`).
-    pub async fn flush(&self, draining: bool) {
-        let batch = self.queue.take_due(Instant::now(), draining);
+    /// Writes every waiting incident, backoff or not: on the way out.
+    async fn drain_once(&self) {
+        let batch = self.queue.take_due(Instant::now(), true);
         self.write_batch(batch).await;
     }
 
