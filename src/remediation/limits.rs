@@ -134,20 +134,6 @@ impl Limits {
         })
     }
 
-    /// Checks every limit for one action and, when it may run, counts it.
-    pub fn admit(
-        &mut self,
-        config: &LimitConfig,
-        policy: &str,
-        workload: &str,
-        rate_limit: Option<(u32, Duration)>,
-        destructive: bool,
-        now: Timestamp,
-    ) -> Result<(), Refusal> {
-        self.admit_tentatively(config, policy, workload, rate_limit, destructive, now)
-            .map(|_| ())
-    }
-
     /// Gives back what [`Limits::admit_tentatively`] counted.
     pub fn release(&mut self, admission: &Admission) {
         if let Some(w) = self.per_policy.get_mut(&admission.policy) {
@@ -168,7 +154,8 @@ impl Limits {
         self.all.remove(admission.at);
     }
 
-    /// Like [`Limits::admit`], returning what to give back if the decision is not recorded.
+    /// Checks every limit for one action and, when it may run, counts it;
+    /// returns what to give back if the decision is not recorded.
     pub fn admit_tentatively(
         &mut self,
         config: &LimitConfig,
@@ -225,6 +212,22 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Limits {
+        /// Admits for good, as when the decision is recorded.
+        fn admit(
+            &mut self,
+            config: &LimitConfig,
+            policy: &str,
+            workload: &str,
+            rate_limit: Option<(u32, Duration)>,
+            destructive: bool,
+            now: Timestamp,
+        ) -> Result<(), Refusal> {
+            self.admit_tentatively(config, policy, workload, rate_limit, destructive, now)
+                .map(|_| ())
+        }
+    }
 
     fn config() -> LimitConfig {
         LimitConfig {
